@@ -1,0 +1,48 @@
+# The developer interface: make run | test | bench | lint | worker
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+
+.PHONY: run test bench lint worker beat migrate demo clean
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+migrate: $(VENV)/.installed
+	DJANGO_DEBUG=1 $(PY) manage.py migrate --noinput
+
+demo: migrate
+	DJANGO_DEBUG=1 $(PY) manage.py demo_data
+
+# The demo: SQLite, in-process channel layer and Celery, messages on the console, and a
+# simulated routing backend driving the demo deliveries. Ctrl-C stops everything.
+run: demo
+	@echo "Serving on http://localhost:$(PORT)/ (daphne) with a simulated routing backend. Ctrl-C stops both."
+	@trap 'kill 0' INT TERM; \
+	DJANGO_DEBUG=1 $(PY) manage.py runserver $(PORT) & \
+	DJANGO_DEBUG=1 $(PY) manage.py simulate --url http://127.0.0.1:$(PORT) & \
+	wait
+
+test: $(VENV)/.installed
+	$(PY) -m tests.run_all
+
+bench: $(VENV)/.installed
+	$(PY) -m bench
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy config tracking notifications scheduling
+
+worker: $(VENV)/.installed
+	$(VENV)/bin/celery -A config worker --loglevel=INFO
+
+beat: $(VENV)/.installed
+	$(VENV)/bin/celery -A config beat --loglevel=INFO
+
+clean:
+	rm -rf $(VENV) db.sqlite3 db.sqlite3-* staticfiles

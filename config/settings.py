@@ -1,0 +1,207 @@
+"""Porchlight settings: environment variables only (see ../shared/contracts/configuration.md).
+
+Embedded mode (the default) needs nothing: SQLite, an in-memory channel layer, eager Celery,
+console SMS and email. Production mode starts when DATABASE_URL and REDIS_URL point at
+PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import environ
+import xstatic.pkg.leaflet
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+
+SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is not set. Set it to a long random string "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(50))'), "
+            "or set DJANGO_DEBUG=1 for local development."
+        )
+    SECRET_KEY = "django-insecure-porchlight-dev-key-never-use-in-production"
+
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
+
+PORCHLIGHT_PUBLIC_URL = env.str("PORCHLIGHT_PUBLIC_URL", default="http://localhost:8000").rstrip("/")
+PORCHLIGHT_ROUTING_SECRETS = env.list(
+    "PORCHLIGHT_ROUTING_SECRETS", default=["dev-routing-secret"] if DEBUG else []
+)
+PORCHLIGHT_ROUTING_URL = env.str("PORCHLIGHT_ROUTING_URL", default="")
+PORCHLIGHT_OUTBOUND_SECRET = env.str("PORCHLIGHT_OUTBOUND_SECRET", default="")
+PORCHLIGHT_LIVE_MAP_STOPS = env.int("PORCHLIGHT_LIVE_MAP_STOPS", default=3)
+# How far a signature's timestamp may be from our clock (contract: 300 s).
+PORCHLIGHT_SIGNATURE_TOLERANCE = 300
+# Outbound events are retried for at least this long before staff are asked to look.
+PORCHLIGHT_OUTBOUND_GIVE_UP_AFTER = env.int("PORCHLIGHT_OUTBOUND_GIVE_UP_AFTER", default=26 * 3600)
+PORCHLIGHT_OUTBOUND_TIMEOUT = env.float("PORCHLIGHT_OUTBOUND_TIMEOUT", default=10.0)
+
+REDIS_URL = env.str("REDIS_URL", default="")
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
+
+MAP_TILE_URL = env.str("MAP_TILE_URL", default="https://tile.openstreetmap.org/{z}/{x}/{y}.png")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "template_partials",
+    "channels",
+    "anymail",
+    "tracking",
+    "notifications",
+    "scheduling",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    }
+]
+
+# --- database ---------------------------------------------------------------------------
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+_db = DATABASES["default"]
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL with synchronous=NORMAL, and BEGIN IMMEDIATE so that concurrent writers wait for
+    # the lock instead of failing with "database is locked" halfway through a transaction.
+    _db["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+elif _db["ENGINE"] == "django.db.backends.postgresql":
+    # Under ASGI every thread would keep its own persistent connection and exhaust the
+    # server ("too many clients"); Django's psycopg pool shares a bounded set instead.
+    _db["CONN_MAX_AGE"] = 0
+    _db.setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 2,
+        "max_size": env.int("DATABASE_POOL_MAX", default=20),
+        "timeout": 10,
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- channels, cache, celery: in-process without Redis ----------------------------------
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "porchlight",
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
+CELERY_TASK_EAGER_PROPAGATES = False
+CELERY_BROKER_URL = CELERY_BROKER_URL or "memory://"
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = 120
+CELERY_TASK_SOFT_TIME_LIMIT = 90
+# Longer than the longest task; long waits live in the database (next_attempt_at), never in
+# Celery countdowns, so nothing is scheduled beyond this.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=300)}
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "outbound-sweep": {"task": "tracking.tasks.outbound_sweep", "schedule": 30.0},
+}
+
+# --- messages ---------------------------------------------------------------------------
+SMS_BACKEND = env.str("SMS_BACKEND", default="notifications.backends.console.SMSBackend")
+SMS_FILE_PATH = env.str("SMS_FILE_PATH", default="")
+TWILIO_ACCOUNT_SID = env.str("TWILIO_ACCOUNT_SID", default="")
+TWILIO_AUTH_TOKEN = env.str("TWILIO_AUTH_TOKEN", default="")
+TWILIO_FROM = env.str("TWILIO_FROM", default="")
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+EMAIL_FILE_PATH = env.str("EMAIL_FILE_PATH", default="") or None
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="Porchlight <no-reply@localhost>")
+ANYMAIL = {
+    key.removeprefix("ANYMAIL_"): value
+    for key, value in env.ENVIRON.items()
+    if key.startswith("ANYMAIL_")
+}
+
+# --- i18n, static -----------------------------------------------------------------------
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("es", "Español")]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+# Leaflet comes from a package (xstatic-leaflet), served as /static/leaflet/leaflet.js.
+STATICFILES_DIRS = [BASE_DIR / "static", ("leaflet", xstatic.pkg.leaflet.BASE_DIR)]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# --- security: on when the public URL is https --------------------------------------------
+_public_https = urlsplit(PORCHLIGHT_PUBLIC_URL).scheme == "https"
+CSRF_TRUSTED_ORIGINS = [PORCHLIGHT_PUBLIC_URL]
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = _public_https
+SECURE_SSL_REDIRECT = _public_https
+SECURE_HSTS_SECONDS = 31536000 if _public_https else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _public_https
+SECURE_HSTS_PRELOAD = _public_https
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if _public_https else None
+SECURE_REFERRER_POLICY = "no-referrer"
+X_FRAME_OPTIONS = "DENY"
+
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # the intake's 1 MiB body limit
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.request": {"level": "ERROR"}},
+}

@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("", include("tracking.urls")),
+    path("", include("scheduling.urls")),
+    path("", include("notifications.urls")),
+]

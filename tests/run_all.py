@@ -1,0 +1,75 @@
+"""`make test`: the whole suite on PostgreSQL + Redis (production mode), then in embedded mode.
+
+Where PostgreSQL or Redis cannot be reached, the production pass is skipped and the last
+lines say so and what to install; under CI (CI=true) that is a failure, not a skip.
+Each pass is a plain pytest run; pytest's exit code 5 (nothing collected) counts as a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from urllib.parse import urlsplit
+
+PG_URL = os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/porchlight")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+EMBEDDED_ONLY_OFF = "not postgres and not redis"
+
+
+def reachable(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def run_pass(name: str, env: dict[str, str], extra: list[str]) -> int:
+    print(f"\n===== {name} =====", flush=True)
+    command = [sys.executable, "-m", "pytest", *extra, *sys.argv[1:]]
+    return subprocess.call(command, env=env)
+
+
+def main() -> int:
+    in_ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
+    base["PORCHLIGHT_REQUIRE_SERVICES"] = "1" if in_ci else ""
+    problems: list[str] = []
+    outcomes: list[tuple[str, int]] = []
+
+    missing = [name for name, url in (("PostgreSQL", PG_URL), ("Redis", REDIS_URL)) if not reachable(url)]
+    if missing:
+        problems.append(
+            f"Not run: the production pass (needs {' and '.join(missing)}). Install and start them "
+            "(Debian: apt-get install postgresql redis-server), or point TEST_DATABASE_URL / "
+            "TEST_REDIS_URL at running servers."
+        )
+    else:
+        env = {**base, "DATABASE_URL": PG_URL, "REDIS_URL": REDIS_URL}
+        outcomes.append(("production (PostgreSQL + Redis)", run_pass("production mode: PostgreSQL + Redis", env, [])))
+
+    embedded = dict(base)
+    outcomes.append(("embedded (SQLite, in-memory)", run_pass("embedded mode: SQLite", embedded, ["-m", EMBEDDED_ONLY_OFF])))
+
+    if not shutil.which("chromium"):
+        problems.append("Browser tests were skipped: install Debian's chromium (apt-get install chromium).")
+
+    print("\n===== summary =====")
+    for name, code in outcomes:
+        verdict = "passed" if code == 0 else ("ran no test" if code == 5 else f"FAILED (exit {code})")
+        print(f"{name}: {verdict}")
+    for problem in problems:
+        print(problem)
+    failed = any(code != 0 for _, code in outcomes)
+    if problems and in_ci:
+        print("CI=true: every pass must run here, so the above is a failure.")
+        return 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""Deliveries, drivers and the events the routing backend sends about them."""
+
+from __future__ import annotations
+
+import secrets
+
+from django.db import models
+from django.utils.translation import gettext_lazy as _
+
+
+def new_tracking_token() -> str:
+    # 24 random bytes: 192 bits from the OS CSPRNG, 32 URL-safe characters.
+    return secrets.token_urlsafe(24)
+
+
+class Status(models.TextChoices):
+    CREATED = "created", _("Order received")
+    SCHEDULED = "scheduled", _("Scheduled")
+    OUT_FOR_DELIVERY = "out_for_delivery", _("Out for delivery")
+    ARRIVING = "arriving", _("Arriving soon")
+    DELIVERED = "delivered", _("Delivered")
+    ATTEMPT_FAILED = "attempt_failed", _("Delivery attempt failed")
+    CANCELLED = "cancelled", _("Cancelled")
+    RETURNED = "returned", _("Returned to sender")
+
+
+FINISHED_STATUSES = frozenset({Status.DELIVERED, Status.CANCELLED, Status.RETURNED})
+ON_THE_WAY_STATUSES = frozenset({Status.OUT_FOR_DELIVERY, Status.ARRIVING})
+
+
+class Driver(models.Model):
+    external_id = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=200, blank=True)
+    vehicle = models.CharField(max_length=200, blank=True)
+    # The newest position by recorded_at; a late ping never moves it back.
+    lat = models.FloatField(null=True, blank=True)
+    lon = models.FloatField(null=True, blank=True)
+    heading = models.FloatField(null=True, blank=True)
+    speed_mps = models.FloatField(null=True, blank=True)
+    accuracy_m = models.FloatField(null=True, blank=True)
+    position_recorded_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return self.name or self.external_id
+
+    @property
+    def first_name(self) -> str:
+        return self.name.split()[0] if self.name.strip() else ""
+
+
+class LocationPing(models.Model):
+    driver = models.ForeignKey(Driver, on_delete=models.CASCADE, related_name="pings")
+    lat = models.FloatField()
+    lon = models.FloatField()
+    heading = models.FloatField(null=True, blank=True)
+    speed_mps = models.FloatField(null=True, blank=True)
+    accuracy_m = models.FloatField(null=True, blank=True)
+    recorded_at = models.DateTimeField()
+    received_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["driver", "-recorded_at"], name="ping_driver_recent"),
+            models.Index(fields=["recorded_at"], name="ping_recorded_at"),
+        ]
+
+
+class Delivery(models.Model):
+    reference = models.CharField(max_length=200, unique=True)
+    tracking_token = models.CharField(max_length=64, unique=True, default=new_tracking_token)
+
+    customer_name = models.CharField(max_length=200)
+    phone = models.CharField(max_length=20, blank=True, db_index=True, help_text="E.164")
+    email = models.EmailField(max_length=254, blank=True, db_index=True)
+    locale = models.CharField(max_length=35, default="en")
+
+    address_line1 = models.CharField(max_length=300)
+    address_line2 = models.CharField(max_length=300, blank=True)
+    city = models.CharField(max_length=200)
+    postcode = models.CharField(max_length=32)
+    country = models.CharField(max_length=2)
+    lat = models.FloatField()
+    lon = models.FloatField()
+    timezone = models.CharField(max_length=64, default="UTC")
+
+    window_start = models.DateTimeField(null=True, blank=True)
+    window_end = models.DateTimeField(null=True, blank=True)
+    zone_code = models.CharField(max_length=64, blank=True, db_index=True)
+    items = models.PositiveIntegerField(null=True, blank=True)
+    # occurred_at of the upsert whose details are shown (last writer wins).
+    details_at = models.DateTimeField()
+
+    status = models.CharField(max_length=32, choices=Status.choices, default=Status.CREATED)
+    status_reason = models.TextField(blank=True)
+    status_at = models.DateTimeField(null=True, blank=True)
+    driver = models.ForeignKey(
+        Driver, null=True, blank=True, on_delete=models.SET_NULL, related_name="deliveries"
+    )
+
+    eta = models.DateTimeField(null=True, blank=True)
+    eta_window_start = models.DateTimeField(null=True, blank=True)
+    eta_window_end = models.DateTimeField(null=True, blank=True)
+    stops_before = models.PositiveIntegerField(null=True, blank=True)
+    eta_at = models.DateTimeField(null=True, blank=True)
+
+    # What the customer decided (sent back to the routing backend through the outbox).
+    instructions = models.TextField(blank=True)
+    safe_place = models.CharField(max_length=200, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        indexes = [
+            models.Index(fields=["status", "-updated_at"], name="delivery_status_recent"),
+            models.Index(fields=["driver", "status"], name="delivery_driver_status"),
+        ]
+
+    def __str__(self) -> str:
+        return self.reference
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+    @property
+    def is_on_the_way(self) -> bool:
+        return self.status in ON_THE_WAY_STATUSES
+
+
+class DeliveryProof(models.Model):
+    """Proof of delivery: the newest `delivery.proof` event by occurred_at."""
+
+    delivery = models.OneToOneField(Delivery, on_delete=models.CASCADE, related_name="proof")
+    recipient_name = models.CharField(max_length=200, blank=True)
+    note = models.TextField(blank=True)
+    photo = models.BinaryField(null=True, blank=True)
+    photo_content_type = models.CharField(max_length=20, blank=True)
+    photo_url = models.URLField(max_length=2000, blank=True)
+    occurred_at = models.DateTimeField()
+
+
+class EventResult(models.TextChoices):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    STALE = "stale"
+    PENDING = "pending"
+    REJECTED = "rejected"
+
+
+class InboundEvent(models.Model):
+    """Every event the routing backend sent, with what we made of it.
+
+    `event_id` is the sender's idempotency key. Rejected events are kept with a null
+    `event_id` so that a corrected event sent again under the same id is still applied.
+    """
+
+    event_id = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    type = models.CharField(max_length=40, blank=True)
+    occurred_at = models.DateTimeField(null=True, blank=True)
+    reference = models.CharField(max_length=200, blank=True)
+    delivery = models.ForeignKey(
+        Delivery, null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+    )
+    payload = models.JSONField()
+    result = models.CharField(max_length=16, choices=EventResult.choices)
+    errors = models.JSONField(null=True, blank=True)
+    received_at = models.DateTimeField()
+    source = models.CharField(max_length=32, default="routing", help_text="which sender")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["delivery", "occurred_at"], name="event_delivery_history"),
+            models.Index(
+                fields=["reference", "occurred_at"],
+                name="event_pending_reference",
+                condition=models.Q(result="pending"),
+            ),
+            models.Index(fields=["-received_at"], name="event_received"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_id or '(rejected)'} {self.type}"
+
+
+class OutboundStatus(models.TextChoices):
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    FAILED = "failed", "failed (needs staff)"
+
+
+class OutboundEvent(models.Model):
+    """What customers decided, on its way to the routing backend: the outbox."""
+
+    event_id = models.CharField(max_length=64, unique=True)
+    type = models.CharField(max_length=40)
+    delivery = models.ForeignKey(
+        Delivery, null=True, blank=True, on_delete=models.SET_NULL, related_name="outbound_events"
+    )
+    data = models.JSONField()
+    occurred_at = models.DateTimeField()
+    status = models.CharField(
+        max_length=16, choices=OutboundStatus.choices, default=OutboundStatus.QUEUED
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField()
+    # A sender holds the row until this time; past it, the sweeper may try again.
+    lease_until = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"],
+                name="outbound_due",
+                condition=models.Q(status__in=["queued", "sending"]),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.event_id}"
+
+    def envelope(self) -> dict[str, object]:
+        return {
+            "id": self.event_id,
+            "type": self.type,
+            "occurred_at": self.occurred_at.isoformat(),
+            "data": self.data,
+        }

@@ -1,0 +1,407 @@
+"""Applying the routing backend's events to deliveries and drivers (contract v1, section 1).
+
+One request is one transaction: every event id is claimed with an insert-or-ignore on the
+unique index (so exactly one of many concurrent copies wins), then pings are written in bulk
+and delivery events are applied in `occurred_at` order under a row lock of their delivery.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import OperationalError, connection, transaction
+from django.utils import timezone
+
+from notifications.services import notifications_for_changes
+from tracking import live, sql
+from tracking.events import EVENT_TYPES, Event, Invalid, event_id_of, is_storable, parse_event
+from tracking.models import Delivery, DeliveryProof, Driver, EventResult, InboundEvent, LocationPing
+
+logger = logging.getLogger(__name__)
+
+DETAIL_FIELDS = (
+    "customer_name", "phone", "email", "locale", "address_line1", "address_line2", "city",
+    "postcode", "country", "lat", "lon", "timezone", "window_start", "window_end", "zone_code", "items",
+)  # fmt: skip
+EVENT_COLUMNS = ("event_id", "type", "occurred_at", "reference", "payload", "result", "received_at", "source")
+
+
+@dataclass
+class Change:
+    """One forward change of a delivery, for the features that react to it."""
+
+    delivery: Delivery
+    kind: str  # "created", "details", "status", "eta", "proof"
+    event: Event
+    previous: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Batch:
+    received_at: datetime
+    source: str
+    results: dict[int, dict[str, Any]] = field(default_factory=dict)
+    changes: list[Change] = field(default_factory=list)
+    moved_drivers: dict[int, Driver] = field(default_factory=dict)
+    # event_id -> (result, delivery id), written back to the claimed rows at the end
+    outcomes: dict[str, tuple[str, int | None]] = field(default_factory=dict)
+    claimed: set[str] = field(default_factory=set)
+
+
+def tracking_url(delivery: Delivery) -> str:
+    return f"{settings.PORCHLIGHT_PUBLIC_URL}/t/{delivery.tracking_token}/"
+
+
+def events_ingest(*, raw_events: list[Any], source: str = "routing") -> list[dict[str, Any]]:
+    """Apply a request's events; return one result per event, in request order."""
+    received_at = timezone.now()
+    batch_results: dict[int, dict[str, Any]] = {}
+    parsed: list[tuple[int, Event]] = []
+    rejected: list[tuple[object, dict[str, str]]] = []
+    for index, raw in enumerate(raw_events):
+        try:
+            parsed.append((index, parse_event(raw)))
+        except Invalid as invalid:
+            batch_results[index] = {"id": event_id_of(raw), "result": "rejected", "errors": invalid.errors}
+            rejected.append((raw, invalid.errors))
+
+    for attempt in range(4):
+        batch = _Batch(received_at=received_at, source=source, results=dict(batch_results))
+        try:
+            with transaction.atomic():
+                _apply(batch, parsed)
+                _keep_rejected(batch, rejected)
+                notifications_for_changes(changes=batch.changes)
+                transaction.on_commit(_publisher(batch))
+            break
+        except OperationalError as error:
+            # Deadlock or serialization failure between concurrent batches: both are safe
+            # to run again from the start, as nothing of the failed try was kept.
+            if attempt == 3 or not _is_retryable(error):
+                raise
+            time.sleep(0.01 * 2**attempt)
+    return [batch.results[index] for index in range(len(raw_events))]
+
+
+def _is_retryable(error: OperationalError) -> bool:
+    code = getattr(error.__cause__, "sqlstate", None)
+    return code in ("40001", "40P01")
+
+
+def _publisher(batch: _Batch) -> Any:
+    def publish() -> None:
+        live.publish_changes(changes=batch.changes)
+        live.publish_positions(drivers=list(batch.moved_drivers.values()))
+
+    return publish
+
+
+def _keep_rejected(batch: _Batch, rejected: list[tuple[object, dict[str, str]]]) -> None:
+    if not rejected:
+        return
+    InboundEvent.objects.bulk_create(
+        InboundEvent(
+            event_id=None,
+            type=raw["type"] if isinstance(raw, dict) and raw.get("type") in EVENT_TYPES else "",
+            payload=_storable(raw),
+            result=EventResult.REJECTED,
+            errors=errors,
+            received_at=batch.received_at,
+            source=batch.source,
+        )
+        for raw, errors in rejected
+    )
+
+
+def _storable(raw: object) -> object:
+    """A rejected event as we can keep it: JSON that PostgreSQL accepts."""
+    if is_storable(raw):
+        return raw
+    return {"unstorable": repr(raw)[:2000]}
+
+
+def _apply(batch: _Batch, parsed: list[tuple[int, Event]]) -> None:
+    first: dict[str, tuple[int, Event]] = {}
+    for index, event in parsed:
+        if event.id in first:
+            batch.results[index] = {"id": event.id, "result": "duplicate"}
+        else:
+            first[event.id] = (index, event)
+    batch.claimed = set(_claim(batch, [event for _, event in first.values()]))
+    fresh: list[tuple[int, Event]] = []
+    for event_id, (index, event) in first.items():
+        if event_id in batch.claimed:
+            fresh.append((index, event))
+        else:
+            batch.results[index] = {"id": event_id, "result": "duplicate"}
+
+    pings = [(index, event) for index, event in fresh if event.type == "driver.location"]
+    others = [(index, event) for index, event in fresh if event.type != "driver.location"]
+    _apply_pings(batch, pings)
+    _apply_delivery_events(batch, others)
+    _add_tracking_urls(batch, parsed)
+    sql.update_many(
+        InboundEvent,
+        set_names=("result", "delivery"),
+        where="event_id",
+        rows=[(result, delivery_id, event_id) for event_id, (result, delivery_id) in sorted(batch.outcomes.items())],
+    )
+
+
+def _claim(batch: _Batch, events: list[Event]) -> list[str]:
+    # Sorted, so that two batches sharing ids take the index entries in the same order
+    # and never wait for each other in a cycle.
+    rows = [
+        (
+            event.id,
+            event.type,
+            event.occurred_at,
+            event.reference,
+            event.raw,
+            EventResult.ACCEPTED if event.type == "driver.location" else EventResult.PENDING,
+            batch.received_at,
+            batch.source,
+        )
+        for event in sorted(events, key=lambda e: e.id)
+    ]
+    return sql.insert_ignoring_conflicts(InboundEvent, EVENT_COLUMNS, rows, conflict="event_id", returning="event_id")
+
+
+# --- driver pings -----------------------------------------------------------------------
+
+
+def _apply_pings(batch: _Batch, pings: list[tuple[int, Event]]) -> None:
+    if not pings:
+        return
+    drivers = drivers_get_or_create(external_ids={event.values["driver_id"] for _, event in pings})
+    LocationPing.objects.bulk_create(
+        LocationPing(
+            driver=drivers[event.values["driver_id"]],
+            received_at=batch.received_at,
+            **{key: value for key, value in event.values.items() if key != "driver_id"},
+        )
+        for _, event in pings
+    )
+    newest: dict[str, Event] = {}
+    for index, event in pings:
+        batch.results[index] = {"id": event.id, "result": "accepted"}
+        current = newest.get(event.values["driver_id"])
+        if current is None or event.values["recorded_at"] >= current.values["recorded_at"]:
+            newest[event.values["driver_id"]] = event
+    moves = []
+    for external_id, event in sorted(newest.items(), key=lambda item: drivers[item[0]].pk):
+        driver = drivers[external_id]
+        if driver.position_recorded_at and driver.position_recorded_at > event.values["recorded_at"]:
+            continue  # a late ping: kept in the trail, never moves the marker back
+        for key in ("lat", "lon", "heading", "speed_mps", "accuracy_m"):
+            setattr(driver, key, event.values[key])
+        driver.position_recorded_at = event.values["recorded_at"]
+        batch.moved_drivers[driver.pk] = driver
+        moves.append(driver)
+    recorded_at = Driver._meta.get_field("position_recorded_at")
+    sql.update_many(
+        Driver,
+        set_names=("lat", "lon", "heading", "speed_mps", "accuracy_m", "position_recorded_at", "updated_at"),
+        where="id",
+        extra_where=(
+            f"AND ({connection.ops.quote_name('position_recorded_at')} IS NULL "
+            f"OR {connection.ops.quote_name('position_recorded_at')} <= %s)"
+        ),
+        rows=[
+            (
+                d.lat, d.lon, d.heading, d.speed_mps, d.accuracy_m, d.position_recorded_at, batch.received_at, d.pk,
+                recorded_at.get_db_prep_save(d.position_recorded_at, connection),
+            )
+            for d in moves
+        ],
+    )  # fmt: skip
+
+
+def drivers_get_or_create(*, external_ids: set[str]) -> dict[str, Driver]:
+    drivers = {d.external_id: d for d in Driver.objects.filter(external_id__in=external_ids)}
+    missing = external_ids - drivers.keys()
+    if missing:
+        Driver.objects.bulk_create([Driver(external_id=e) for e in sorted(missing)], ignore_conflicts=True)
+        drivers.update({d.external_id: d for d in Driver.objects.filter(external_id__in=missing)})
+    return drivers
+
+
+# --- delivery events --------------------------------------------------------------------
+
+
+def _apply_delivery_events(batch: _Batch, events: list[tuple[int, Event]]) -> None:
+    if not events:
+        return
+    by_reference: dict[str, list[tuple[int, Event]]] = defaultdict(list)
+    for index, event in events:
+        by_reference[event.reference].append((index, event))
+    deliveries = _lock_deliveries(set(by_reference))
+    for reference in sorted(by_reference):
+        ordered = sorted(by_reference[reference], key=lambda item: (item[1].occurred_at, item[0]))
+        delivery = deliveries.get(reference)
+        if delivery is None:
+            creator = next((item for item in ordered if item[1].type == "delivery.upserted"), None)
+            if creator is None:
+                for index, event in ordered:  # kept, applied when the delivery arrives
+                    batch.results[index] = {"id": event.id, "result": "pending"}
+                continue
+            delivery = _create_delivery(batch, creator[1])
+            _record(batch, creator[0], creator[1], EventResult.ACCEPTED, delivery)
+            ordered = _merge_pending(batch, reference, [item for item in ordered if item is not creator])
+        for index, event in ordered:
+            _record(batch, index, event, _apply_one(batch, delivery, event), delivery)
+
+
+def _record(batch: _Batch, index: int | None, event: Event, result: str, delivery: Delivery) -> None:
+    if index is not None:
+        batch.results[index] = {"id": event.id, "result": result}
+    batch.outcomes[event.id] = (result, delivery.pk)
+
+
+def _merge_pending(
+    batch: _Batch, reference: str, ordered: list[tuple[int, Event]]
+) -> list[tuple[int | None, Event]]:
+    """This batch's events plus those that arrived earlier for a delivery not known then,
+    together in occurred_at order (earlier requests first on a tie)."""
+    waiting: list[tuple[int | None, Event]] = []
+    rows = (
+        InboundEvent.objects.select_for_update()
+        .filter(reference=reference, result=EventResult.PENDING)
+        .exclude(event_id__in=batch.claimed)
+        .order_by("occurred_at", "received_at", "pk")
+    )
+    for row in rows:
+        try:
+            waiting.append((None, parse_event(row.payload)))
+        except Invalid:  # we parsed it once already; never let one row block the others
+            logger.warning("pending event %s no longer parses", row.event_id)
+    merged = [(0, -1, item) for item in waiting] + [(1, index, (index, event)) for index, event in ordered]
+    merged.sort(key=lambda m: (m[2][1].occurred_at, m[0], m[1]))
+    return [item for _, _, item in merged]
+
+
+def _lock_deliveries(references: set[str]) -> dict[str, Delivery]:
+    found = {
+        d.reference: d
+        for d in Delivery.objects.select_for_update().filter(reference__in=references).order_by("pk")
+    }
+    missing = sorted(references - found.keys())
+    if missing and connection.vendor == "postgresql":
+        # An event for an unknown reference waits for a concurrent upsert of that reference
+        # to commit, so that it is either applied now or seen as pending by that upsert.
+        with connection.cursor() as cursor:
+            for reference in missing:
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [reference])
+        found.update(
+            {d.reference: d for d in Delivery.objects.select_for_update().filter(reference__in=missing)}
+        )
+    return found
+
+
+def _create_delivery(batch: _Batch, event: Event) -> Delivery:
+    values = {key: event.values[key] for key in DETAIL_FIELDS}
+    delivery = Delivery.objects.create(reference=event.reference, details_at=event.occurred_at, **values)
+    batch.changes.append(Change(delivery=delivery, kind="created", event=event))
+    return delivery
+
+
+def _apply_one(batch: _Batch, delivery: Delivery, event: Event) -> str:
+    apply = APPLIERS[event.type]
+    return EventResult.ACCEPTED if apply(batch, delivery, event) else EventResult.STALE
+
+
+def _newer(event: Event, than: datetime | None) -> bool:
+    # Last writer wins; a tie goes to the later received, which is this one.
+    return than is None or event.occurred_at >= than
+
+
+def _apply_upserted(batch: _Batch, delivery: Delivery, event: Event) -> bool:
+    if not _newer(event, delivery.details_at):
+        return False
+    previous = {key: getattr(delivery, key) for key in DETAIL_FIELDS}
+    for key in DETAIL_FIELDS:
+        setattr(delivery, key, event.values[key])
+    delivery.details_at = event.occurred_at
+    delivery.save(update_fields=[*DETAIL_FIELDS, "details_at", "updated_at"])
+    batch.changes.append(Change(delivery=delivery, kind="details", event=event, previous=previous))
+    return True
+
+
+def _apply_status(batch: _Batch, delivery: Delivery, event: Event) -> bool:
+    if not _newer(event, delivery.status_at):
+        return False
+    previous = {"status": delivery.status, "driver_id": delivery.driver_id}
+    delivery.status = event.values["status"]
+    delivery.status_reason = event.values["reason"]
+    delivery.status_at = event.occurred_at
+    driver_values = event.values["driver"]
+    if driver_values:
+        delivery.driver = driver_update(**driver_values)
+    delivery.save(update_fields=["status", "status_reason", "status_at", "driver", "updated_at"])
+    batch.changes.append(Change(delivery=delivery, kind="status", event=event, previous=previous))
+    return True
+
+
+def driver_update(*, external_id: str, name: str = "", vehicle: str = "") -> Driver:
+    driver = drivers_get_or_create(external_ids={external_id})[external_id]
+    changed = [key for key, value in (("name", name), ("vehicle", vehicle)) if value and getattr(driver, key) != value]
+    for key in changed:
+        setattr(driver, key, name if key == "name" else vehicle)
+    if changed:
+        driver.save(update_fields=[*changed, "updated_at"])
+    return driver
+
+
+def _apply_eta(batch: _Batch, delivery: Delivery, event: Event) -> bool:
+    if not _newer(event, delivery.eta_at):
+        return False
+    previous = {"eta": delivery.eta, "stops_before": delivery.stops_before}
+    delivery.eta = event.values["eta"]
+    delivery.eta_window_start = event.values["eta_window_start"]
+    delivery.eta_window_end = event.values["eta_window_end"]
+    if event.values["stops_before"] is not None:
+        delivery.stops_before = event.values["stops_before"]
+    delivery.eta_at = event.occurred_at
+    delivery.save(update_fields=["eta", "eta_window_start", "eta_window_end", "stops_before", "eta_at", "updated_at"])
+    batch.changes.append(Change(delivery=delivery, kind="eta", event=event, previous=previous))
+    return True
+
+
+def _apply_proof(batch: _Batch, delivery: Delivery, event: Event) -> bool:
+    proof = DeliveryProof.objects.filter(delivery=delivery).first()
+    if proof is not None and not _newer(event, proof.occurred_at):
+        return False
+    values = {key: event.values[key] for key in ("recipient_name", "note", "photo", "photo_content_type", "photo_url")}
+    DeliveryProof.objects.update_or_create(delivery=delivery, defaults={**values, "occurred_at": event.occurred_at})
+    batch.changes.append(Change(delivery=delivery, kind="proof", event=event))
+    return True
+
+
+APPLIERS = {
+    "delivery.upserted": _apply_upserted,
+    "delivery.status": _apply_status,
+    "delivery.eta": _apply_eta,
+    "delivery.proof": _apply_proof,
+}
+
+
+def _add_tracking_urls(batch: _Batch, parsed: list[tuple[int, Event]]) -> None:
+    upserts = {index: event for index, event in parsed if event.type == "delivery.upserted"}
+    if not upserts:
+        return
+    tokens = dict(
+        Delivery.objects.filter(reference__in={e.reference for e in upserts.values()}).values_list(
+            "reference", "tracking_token"
+        )
+    )
+    base = settings.PORCHLIGHT_PUBLIC_URL
+    for index, event in upserts.items():
+        token = tokens.get(event.reference)
+        if token and batch.results[index]["result"] != "rejected":
+            batch.results[index]["tracking_url"] = f"{base}/t/{token}/"
