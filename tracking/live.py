@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tracking.models import Driver
+    from tracking.models import Delivery, Driver
     from tracking.services import Change
 
 
@@ -20,3 +20,10 @@ def publish_changes(*, changes: Sequence[Change]) -> None:
 
 def publish_positions(*, drivers: Sequence[Driver]) -> None:
     """Drivers whose newest position moved forward in this batch."""
+
+
+def publish_delivery(*, delivery: Delivery) -> None:
+    """Push the current state of one delivery (status, ETA, window...) to its open pages.
+
+    For changes made outside the intake, e.g. a booked slot; call it after the commit.
+    """
