@@ -69,6 +69,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "config.middleware.DatabaseUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -188,6 +189,7 @@ _public_https = urlsplit(PORCHLIGHT_PUBLIC_URL).scheme == "https"
 CSRF_TRUSTED_ORIGINS = [PORCHLIGHT_PUBLIC_URL]
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = _public_https
 SECURE_SSL_REDIRECT = _public_https
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]  # load balancers probe over plain http
 SECURE_HSTS_SECONDS = 31536000 if _public_https else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = _public_https
 SECURE_HSTS_PRELOAD = _public_https
