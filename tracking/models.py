@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from datetime import datetime, timedelta
 
 from django.db import models
 from django.utils.translation import gettext_lazy as _
@@ -26,6 +27,8 @@ class Status(models.TextChoices):
 
 FINISHED_STATUSES = frozenset({Status.DELIVERED, Status.CANCELLED, Status.RETURNED})
 ON_THE_WAY_STATUSES = frozenset({Status.OUT_FOR_DELIVERY, Status.ARRIVING})
+# How long a tracking link keeps working after its delivery is finished (T3: 404 after 7 days).
+TOKEN_TTL_AFTER_FINISH = timedelta(days=7)
 
 
 class Driver(models.Model):
@@ -108,6 +111,14 @@ class Delivery(models.Model):
     instructions = models.TextField(blank=True)
     safe_place = models.CharField(max_length=200, blank=True)
 
+    # The customer's rating after delivery (sent back as `delivery.feedback`).
+    rating = models.PositiveSmallIntegerField(null=True, blank=True)
+    feedback_comment = models.TextField(blank=True)
+    feedback_at = models.DateTimeField(null=True, blank=True)
+
+    # Support can cut a leaked link; a finished delivery's link also lapses (TOKEN_TTL_AFTER_FINISH).
+    token_revoked_at = models.DateTimeField(null=True, blank=True)
+
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -128,6 +139,22 @@ class Delivery(models.Model):
     @property
     def is_on_the_way(self) -> bool:
         return self.status in ON_THE_WAY_STATUSES
+
+    def token_is_usable(self, *, now: datetime) -> bool:
+        """The tracking link works until revoked, and for a week after the delivery ended."""
+        if self.token_revoked_at is not None:
+            return False
+        if self.is_finished and self.status_at is not None:
+            return now - self.status_at <= TOKEN_TTL_AFTER_FINISH
+        return True
+
+    def shows_live_position(self, *, live_map_stops: int) -> bool:
+        """The contract's privacy rule: positions only while the driver is close to this stop."""
+        if self.driver_id is None or not self.is_on_the_way:
+            return False
+        if self.status == Status.ARRIVING:
+            return True
+        return self.stops_before is not None and self.stops_before <= live_map_stops
 
 
 class DeliveryProof(models.Model):
