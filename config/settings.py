@@ -44,6 +44,11 @@ PORCHLIGHT_SIGNATURE_TOLERANCE = 300
 # Outbound events are retried for at least this long before staff are asked to look.
 PORCHLIGHT_OUTBOUND_GIVE_UP_AFTER = env.int("PORCHLIGHT_OUTBOUND_GIVE_UP_AFTER", default=26 * 3600)
 PORCHLIGHT_OUTBOUND_TIMEOUT = env.float("PORCHLIGHT_OUTBOUND_TIMEOUT", default=10.0)
+# Slot booking (scheduling): customers may book up to this many hours before a slot starts,
+# change a booking this many times, and see slots this many days ahead.
+PORCHLIGHT_BOOKING_CUTOFF_HOURS = env.float("PORCHLIGHT_BOOKING_CUTOFF_HOURS", default=12.0)
+PORCHLIGHT_BOOKING_MAX_CHANGES = env.int("PORCHLIGHT_BOOKING_MAX_CHANGES", default=3)
+PORCHLIGHT_SLOT_DAYS_AHEAD = env.int("PORCHLIGHT_SLOT_DAYS_AHEAD", default=14)
 
 REDIS_URL = env.str("REDIS_URL", default="")
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL)
@@ -154,6 +159,7 @@ CELERY_TASK_SOFT_TIME_LIMIT = 90
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=300)}
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "outbound-sweep": {"task": "tracking.tasks.outbound_sweep", "schedule": 30.0},
+    "slots-generate": {"task": "scheduling.tasks.slots_generate", "schedule": 3600.0},
 }
 
 # --- messages ---------------------------------------------------------------------------
