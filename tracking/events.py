@@ -12,7 +12,7 @@ import io
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -29,6 +29,8 @@ RFC3339 = re.compile(
 BCP47 = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,4}")
 PHOTO_PREFIXES = {"data:image/jpeg;base64,": "JPEG", "data:image/png;base64,": "PNG"}
 MAX_PHOTO_BYTES = 512 * 1024
+# Refused before decoding: a proof photo never needs more. JPEGs decode at 1/8 scale.
+MAX_PIXELS = {"JPEG": 64_000_000, "PNG": 16_000_000}
 MAX_TEXT = 2000
 
 EVENT_TYPES = (
@@ -110,7 +112,8 @@ class _Reader:
             if required:
                 self.fail(path, "This field is required.")
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        # A JSON integer may be too big for a float (10**400): that is a bad value, not a crash.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
             self.fail(path, "Must be a number.")
             return None
         if (low is not None and value < low) or (high is not None and value > high):
@@ -151,6 +154,12 @@ class _Reader:
         return start, end
 
 
+def _finite(value: int | float) -> bool:
+    if isinstance(value, int):
+        return abs(value) < 10**300
+    return math.isfinite(value)
+
+
 def parse_timestamp(value: object) -> datetime | None:
     if not isinstance(value, str) or len(value) > 40:
         return None
@@ -161,17 +170,22 @@ def parse_timestamp(value: object) -> datetime | None:
     fraction = (fraction or "")[:7]  # Python keeps microseconds: 6 digits after the dot
     offset = "+00:00" if offset in ("Z", "z") else offset
     try:
-        return datetime.fromisoformat(f"{date}T{time}{fraction}{offset}")
-    except ValueError:
+        parsed = datetime.fromisoformat(f"{date}T{time}{fraction}{offset}")
+        # Stored in UTC: 9999-12-31T23:00:00-12:00 exists here but not there.
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
 
 
 def is_storable(value: object, depth: int = 0) -> bool:
-    """False if any string holds NUL or a lone surrogate: neither survives PostgreSQL."""
+    """False if any string holds NUL or a lone surrogate, or a number is not finite (1e400
+    parses as inf): none of them survives PostgreSQL's jsonb."""
     if depth > 32:
         return False
     if isinstance(value, str):
         return _encodable(value)
+    if isinstance(value, float):
+        return math.isfinite(value)
     if isinstance(value, dict):
         return all(is_storable(k, depth + 1) and is_storable(v, depth + 1) for k, v in value.items())
     if isinstance(value, list):
@@ -210,7 +224,9 @@ def parse_event(raw: object) -> Event:
     occurred_at = reader.timestamp(raw, "occurred_at", "occurred_at")
     data = reader.obj(raw, "data", "data")
     if not is_storable(raw):
-        reader.fail("", "Text must be valid Unicode without NUL characters, nested at most 32 deep.")
+        reader.fail(
+            "", "Text must be valid Unicode without NUL characters, numbers finite, nesting at most 32 deep."
+        )
     if reader.errors or data is None:
         raise Invalid(reader.errors)
     assert event_id is not None and occurred_at is not None and isinstance(kind, str)
@@ -293,7 +309,7 @@ def _timezone(reader: _Reader, data: dict[str, Any]) -> str:
 def _parse_status(reader: _Reader, data: dict[str, Any], event: Event) -> None:
     _reference(reader, data, event)
     status = data.get("status")
-    if status not in STATUSES:
+    if not isinstance(status, str) or status not in STATUSES:
         reader.fail("data.status", f"Must be one of {', '.join(sorted(STATUSES))}.")
     event.values["status"] = status
     event.values["reason"] = reader.text(data, "reason", "data.reason", required=False, max_length=MAX_TEXT)
@@ -377,12 +393,27 @@ def _photo(reader: _Reader, data: dict[str, Any]) -> tuple[bytes | None, str]:
 
 
 def _image_format(photo: bytes) -> str | None:
+    """The format of `photo` if it decodes in full as an image, else None.
+
+    Pillow's verify() checks PNG chunk CRCs but not JPEG data, so the pixels are decoded
+    too: a truncated or corrupt file fails here. JPEGs decode in draft mode (1/8 scale,
+    the whole stream still read) and sizes are capped in pixels, so that half a megabyte
+    of compressed data cannot make us allocate gigabytes."""
     from PIL import Image
 
+    # Only these two decoders ever see the bytes (no EPS through Ghostscript, no exotic plugin).
+    formats = ["JPEG", "PNG"]
     try:
-        with Image.open(io.BytesIO(photo)) as image:
-            image_format = image.format
+        with Image.open(io.BytesIO(photo), formats=formats) as image:
+            image_format = image.format or ""
             image.verify()
+        with Image.open(io.BytesIO(photo), formats=formats) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS[image_format]:
+                return None
+            if image_format == "JPEG":
+                image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+            image.load()
     except Exception:  # Pillow raises many kinds for hostile bytes; all mean "not an image"
         return None
     return image_format

@@ -63,13 +63,13 @@ def events_ingest(*, raw_events: list[Any], source: str = "routing") -> list[dic
     received_at = timezone.now()
     batch_results: dict[int, dict[str, Any]] = {}
     parsed: list[tuple[int, Event]] = []
-    rejected: list[tuple[object, dict[str, str]]] = []
+    rejected: list[tuple[int, object, dict[str, str]]] = []
     for index, raw in enumerate(raw_events):
         try:
             parsed.append((index, parse_event(raw)))
         except Invalid as invalid:
             batch_results[index] = {"id": event_id_of(raw), "result": "rejected", "errors": invalid.errors}
-            rejected.append((raw, invalid.errors))
+            rejected.append((index, raw, invalid.errors))
 
     for attempt in range(4):
         batch = _Batch(received_at=received_at, source=source, results=dict(batch_results))
@@ -102,9 +102,20 @@ def _publisher(batch: _Batch) -> Any:
     return publish
 
 
-def _keep_rejected(batch: _Batch, rejected: list[tuple[object, dict[str, str]]]) -> None:
+def _keep_rejected(batch: _Batch, rejected: list[tuple[int, object, dict[str, str]]]) -> None:
     if not rejected:
         return
+    # "Not applied again (duplicate), whatever its body": a bad body under an id we already
+    # hold (from an earlier request or earlier in this batch) is a duplicate, not a rejection.
+    ids = {event_id for _, raw, _ in rejected if (event_id := event_id_of(raw)) is not None}
+    known = set(InboundEvent.objects.filter(event_id__in=ids).values_list("event_id", flat=True)) if ids else set()
+    kept = []
+    for index, raw, errors in rejected:
+        event_id = event_id_of(raw)
+        if event_id in known:
+            batch.results[index] = {"id": event_id, "result": "duplicate"}
+        else:
+            kept.append((raw, errors))
     InboundEvent.objects.bulk_create(
         InboundEvent(
             event_id=None,
@@ -115,7 +126,7 @@ def _keep_rejected(batch: _Batch, rejected: list[tuple[object, dict[str, str]]])
             received_at=batch.received_at,
             source=batch.source,
         )
-        for raw, errors in rejected
+        for raw, errors in kept
     )
 
 
@@ -123,7 +134,11 @@ def _storable(raw: object) -> object:
     """A rejected event as we can keep it: JSON that PostgreSQL accepts."""
     if is_storable(raw):
         return raw
-    return {"unstorable": repr(raw)[:2000]}
+    try:
+        text = repr(raw)[:2000]
+    except RecursionError:
+        text = "(nested too deep to show)"
+    return {"unstorable": text}
 
 
 def _apply(batch: _Batch, parsed: list[tuple[int, Event]]) -> None:
@@ -395,13 +410,18 @@ def _add_tracking_urls(batch: _Batch, parsed: list[tuple[int, Event]]) -> None:
     upserts = {index: event for index, event in parsed if event.type == "delivery.upserted"}
     if not upserts:
         return
-    tokens = dict(
-        Delivery.objects.filter(reference__in={e.reference for e in upserts.values()}).values_list(
-            "reference", "tracking_token"
+    # The delivery of an upsert is the one its id was first received for: a duplicate that
+    # names another reference in its body still links to the original's delivery.
+    references = dict(
+        InboundEvent.objects.filter(event_id__in={e.id for e in upserts.values()}).values_list(
+            "event_id", "reference"
         )
+    )
+    tokens = dict(
+        Delivery.objects.filter(reference__in=set(references.values())).values_list("reference", "tracking_token")
     )
     base = settings.PORCHLIGHT_PUBLIC_URL
     for index, event in upserts.items():
-        token = tokens.get(event.reference)
+        token = tokens.get(references.get(event.id, ""))
         if token and batch.results[index]["result"] != "rejected":
             batch.results[index]["tracking_url"] = f"{base}/t/{token}/"

@@ -81,7 +81,8 @@ def verify(
             "stale_signature", f"t is more than {tolerance} s away from the server's clock."
         )
     matched = False
-    for secret in secrets:
+    # An empty secret (a stray comma in the setting) would let anyone sign: never use one.
+    for secret in filter(None, secrets):
         expected = compute(secret=secret, timestamp=parsed.timestamp, body=body)
         for candidate in parsed.signatures:
             # No early exit: every comparison runs, in constant time.
