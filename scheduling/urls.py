@@ -1,5 +1,9 @@
 from __future__ import annotations
 
-from django.urls import URLPattern
+from django.urls import path
 
-urlpatterns: list[URLPattern] = []
+from scheduling import views
+
+urlpatterns = [
+    path("t/<str:token>/slots/", views.slots_page, name="slots_page"),
+]
