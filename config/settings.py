@@ -131,7 +131,9 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            # Redis pub/sub channels ignore the db number: a prefix keeps apart deployments (and
+            # test sessions) that share one Redis.
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": env.str("CHANNEL_LAYER_PREFIX", default="asgi")},
         }
     }
     CACHES = {
@@ -175,6 +177,20 @@ ANYMAIL = {
     key.removeprefix("ANYMAIL_"): value
     for key, value in env.ENVIRON.items()
     if key.startswith("ANYMAIL_")
+}
+# Notifications: no SMS in these local hours of the delivery's timezone ("" turns them off).
+NOTIFY_QUIET_HOURS = env.str("NOTIFY_QUIET_HOURS", default="21:00-08:00")
+NOTIFY_MAX_ATTEMPTS = env.int("NOTIFY_MAX_ATTEMPTS", default=12)
+NOTIFY_SWEEP_INTERVAL = env.float("NOTIFY_SWEEP_INTERVAL", default=30.0)
+# A sender holds a message this long; past it, the sweeper hands it to another worker.
+NOTIFY_LEASE_SECONDS = env.int("NOTIFY_LEASE_SECONDS", default=120)
+CELERY_BEAT_SCHEDULE["notifications-sweep"] = {
+    "task": "notifications.tasks.notifications_sweep",
+    "schedule": NOTIFY_SWEEP_INTERVAL,
+}
+CELERY_BEAT_SCHEDULE["notifications-reminders"] = {
+    "task": "notifications.tasks.reminders_queue",
+    "schedule": 3600.0,
 }
 
 # --- i18n, static -----------------------------------------------------------------------

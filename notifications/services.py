@@ -1,13 +1,52 @@
-"""Customer notifications: which changes call for a message, and sending it."""
+"""Customer notifications: which changes call for a message, sending it, and what providers
+and customers tell us back.
+
+A message is a row first (written in the caller's transaction, one per rule firing and
+channel thanks to its unique dedupe key), then a Celery task sends it. Sending locks the row
+and checks its state, consent, usefulness and quiet hours again, so that any number of
+workers handed the same id make one provider call. Long waits (quiet hours, backoff) are
+`next_attempt_at` in the database, which a beat sweeper reads.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import phonenumbers
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from notifications import render, rules
+from notifications.models import (
+    SMS_FALLBACK_STATUSES,
+    Channel,
+    Consent,
+    InboundMessage,
+    Kind,
+    Notification,
+    Preference,
+    ProviderEvent,
+    Status,
+)
+from notifications.transports import TransportError, transport_for
 
 if TYPE_CHECKING:
     from tracking.models import Delivery
     from tracking.services import Change
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_BASE = 2.0
+BACKOFF_CAP = 600.0
+
+
+# --- writing messages ----------------------------------------------------------------------
 
 
 def notifications_for_changes(*, changes: Sequence[Change]) -> None:
@@ -16,6 +55,17 @@ def notifications_for_changes(*, changes: Sequence[Change]) -> None:
     Called by the intake inside the transaction that applied the events, so that a message
     exists if and only if its cause was committed.
     """
+    last_delay: dict[int, datetime | None] = {}
+    firings: list[tuple[Delivery, rules.Firing]] = []
+    for change in changes:
+        pk = change.delivery.pk
+        if change.kind == "eta" and pk not in last_delay:
+            last_delay[pk] = _last_delay_eta(pk)
+        for firing in rules.firings_for_change(change, last_delay_eta=last_delay.get(pk)):
+            if firing.kind == Kind.DELAYED:
+                last_delay[pk] = datetime.fromisoformat(firing.context["eta"])
+            firings.append((change.delivery, firing))
+    notifications_queue(firings=firings)
 
 
 def notifications_for_booking(*, delivery: Delivery, moved: bool) -> None:
@@ -23,3 +73,280 @@ def notifications_for_booking(*, delivery: Delivery, moved: bool) -> None:
 
     `delivery.window_start`/`window_end` already hold the booked slot.
     """
+    notifications_queue(firings=[(delivery, rules.firing_for_booking(delivery=delivery, moved=moved))])
+
+
+def _last_delay_eta(delivery_id: int) -> datetime | None:
+    context = (
+        Notification.objects.filter(delivery_id=delivery_id, kind=Kind.DELAYED)
+        .order_by("-created_at", "-pk")
+        .values_list("context", flat=True)
+        .first()
+    )
+    return datetime.fromisoformat(context["eta"]) if context and context.get("eta") else None
+
+
+def notifications_queue(*, firings: Iterable[tuple[Delivery, rules.Firing]]) -> list[int]:
+    """One row per firing on the customer's channel; a key already written is left alone."""
+    now = timezone.now()
+    rows: dict[str, Notification] = {}
+    for delivery, firing in firings:
+        route = channel_for(delivery)
+        if route is None:
+            logger.info("no channel for %s of delivery %s", firing.kind, delivery.pk)
+            continue
+        key = f"{firing.key}:{route[0]}"
+        if key not in rows:
+            rows[key] = _new_row(delivery, firing.kind, route, key, firing.context, now=now)
+    if not rows:
+        return []
+    existing = set(Notification.objects.filter(dedupe_key__in=rows).values_list("dedupe_key", flat=True))
+    fresh = [row for key, row in rows.items() if key not in existing]
+    Notification.objects.bulk_create(fresh, ignore_conflicts=True)
+    due = list(
+        Notification.objects.filter(
+            dedupe_key__in=[row.dedupe_key for row in fresh], status=Status.QUEUED, next_attempt_at__lte=now
+        ).values_list("pk", flat=True)
+    )
+    _send_after_commit(due)
+    return due
+
+
+def _new_row(
+    delivery: Delivery, kind: str, route: tuple[str, str], key: str, context: dict[str, Any], *, now: datetime
+) -> Notification:
+    channel, recipient = route
+    language = render.language_for(delivery)
+    text = render.render(delivery, kind=kind, channel=channel, language=language, extra=context)
+    wake = _quiet_until(kind, channel, delivery, now)
+    return Notification(
+        delivery=delivery, channel=channel, kind=kind, language=language, recipient=recipient,
+        subject=text.subject, body=text.body, html=text.html, context=context, dedupe_key=key,
+        next_attempt_at=wake or now,
+    )  # fmt: skip
+
+
+def _send_after_commit(ids: list[int]) -> None:
+    from notifications.tasks import notification_send
+
+    for notification_id in ids:
+        notification_send.delay_on_commit(notification_id)
+
+
+def _quiet_until(kind: str, channel: str, delivery: Delivery, at: datetime) -> datetime | None:
+    if channel != Channel.SMS or rules.may_break_quiet_hours(kind):
+        return None
+    return rules.quiet_until(at=at, tz_name=delivery.timezone)
+
+
+def channel_for(delivery: Delivery, *, exclude: str = "") -> tuple[str, str] | None:
+    """SMS where there is a number the customer lets us text, else email, else nothing."""
+    preference = Preference.objects.filter(delivery=delivery).first()
+    phone = phone_normalize(delivery.phone)
+    if exclude != Channel.SMS and phone and (preference is None or preference.sms):
+        if not is_opted_out(channel=Channel.SMS, address=phone):
+            return (Channel.SMS, phone)
+    email = email_normalize(delivery.email)
+    if exclude != Channel.EMAIL and email and (preference is None or preference.email):
+        if not is_opted_out(channel=Channel.EMAIL, address=email):
+            return (Channel.EMAIL, email)
+    return None
+
+
+# --- sending -------------------------------------------------------------------------------
+
+
+def backoff_delay(attempts: int) -> float:
+    """Full jitter: uniform between 0 and the capped exponential."""
+    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(attempts, 20)))
+
+
+def notification_deliver(*, notification_id: int) -> float | None:
+    """Try to send one message. Returns the seconds until the next try, or None."""
+    row = _claim(notification_id)
+    if row is None:
+        return None
+    try:
+        provider_id = transport_for(row.channel).send(row)
+    except TransportError as error:
+        return _failed(row, error)
+    now = timezone.now()
+    with transaction.atomic():
+        # A status callback may have landed first and moved the row on; keep what it said.
+        Notification.objects.filter(pk=row.pk, status=Status.SENDING).update(status=Status.SENT, status_at=now)
+        Notification.objects.filter(pk=row.pk).update(
+            provider_id=provider_id, sent_at=now, lease_until=None, error_code="", last_error=""
+        )
+    return None
+
+
+def _claim(notification_id: int) -> Notification | None:
+    """Take the row for one try if it is due and still wanted; commit before the network call."""
+    now = timezone.now()
+    with transaction.atomic():
+        row = (
+            Notification.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("delivery")
+            .filter(pk=notification_id)
+            .first()
+        )
+        if row is None or not row.is_pending or row.next_attempt_at > now:
+            return None
+        if row.status == Status.SENDING and row.lease_until and row.lease_until > now:
+            return None  # another worker is sending it right now
+        if row.attempts >= settings.NOTIFY_MAX_ATTEMPTS:
+            # Tries that never came back (a worker killed mid-send each time) end here.
+            _finish(row, Status.DEAD, error="no result after the last attempt", now=now)
+            return None
+        reason = _blocked(row)
+        if reason:
+            _finish(row, Status.SKIPPED, error=reason, now=now)
+            return None
+        if not rules.is_still_useful(row.kind, row.delivery):
+            _finish(row, Status.SKIPPED, error="overtaken by events", now=now, fallback=False)
+            return None
+        wake = _quiet_until(row.kind, row.channel, row.delivery, now)
+        if wake:
+            row.next_attempt_at, row.status, row.lease_until = wake, Status.QUEUED, None
+            row.save(update_fields=["next_attempt_at", "status", "lease_until"])
+            return None
+        if row.created_at < now - timedelta(seconds=60):
+            # Held back for a while: say what is true now (ETA, window), not what was then.
+            text = render.render(row.delivery, kind=row.kind, channel=row.channel, language=row.language, extra=row.context)
+            row.subject, row.body, row.html = text.subject, text.body, text.html
+        row.status = Status.SENDING
+        row.attempts += 1
+        row.lease_until = now + timedelta(seconds=settings.NOTIFY_LEASE_SECONDS)
+        row.save(update_fields=["status", "attempts", "lease_until", "subject", "body", "html"])
+    return row
+
+
+def _blocked(row: Notification) -> str:
+    """Why the customer no longer wants this message, checked again at send time."""
+    if is_opted_out(channel=row.channel, address=row.recipient):
+        return "opted out"
+    preference = Preference.objects.filter(delivery_id=row.delivery_id).first()
+    if preference is not None and not getattr(preference, row.channel):
+        return f"{row.channel} turned off by the customer"
+    return ""
+
+
+def _failed(row: Notification, error: TransportError) -> float | None:
+    now = timezone.now()
+    message = str(error)[:1000]
+    with transaction.atomic():
+        row = Notification.objects.select_for_update(of=("self",)).select_related("delivery").get(pk=row.pk)
+        if row.status != Status.SENDING:
+            return None
+        if error.code == "21610":
+            consent_set(channel=Channel.SMS, address=row.recipient, opted_out=True, reason="21610")
+        if not error.retry:
+            _finish(row, Status.FAILED, error=message, code=error.code, now=now)
+            return None
+        if row.attempts >= settings.NOTIFY_MAX_ATTEMPTS:
+            logger.error("notification %s is dead after %s attempts: %s", row.pk, row.attempts, message)
+            _finish(row, Status.DEAD, error=message, code=error.code, now=now)
+            return None
+        delay = backoff_delay(row.attempts)
+        row.status, row.lease_until, row.error_code, row.last_error = Status.QUEUED, None, error.code, message
+        row.next_attempt_at = now + timedelta(seconds=delay)
+        row.save(update_fields=["status", "lease_until", "error_code", "last_error", "next_attempt_at"])
+    return delay
+
+
+def _finish(
+    row: Notification, status: str, *, error: str, now: datetime, code: str = "", fallback: bool = True
+) -> None:
+    row.status, row.status_at, row.lease_until, row.last_error = status, now, None, error
+    row.error_code = code or row.error_code
+    row.save(update_fields=["status", "status_at", "lease_until", "last_error", "error_code"])
+    if fallback and row.channel == Channel.SMS and status in SMS_FALLBACK_STATUSES:
+        _email_fallback(row)
+
+
+def _email_fallback(row: Notification) -> None:
+    """The same message by email, where the SMS did not get through and there is an address."""
+    delivery = row.delivery
+    route = channel_for(delivery, exclude=Channel.SMS)
+    if route is None or not rules.is_still_useful(row.kind, delivery):
+        return
+    key = row.dedupe_key.removesuffix(":sms") + ":email"
+    try:
+        with transaction.atomic():
+            fallback = _new_row(delivery, row.kind, route, key, row.context, now=timezone.now())
+            fallback.fallback_of = row
+            fallback.save()
+    except IntegrityError:
+        return  # this message already went (or goes) by email
+    _send_after_commit([fallback.pk])
+
+
+def notification_due_ids(*, limit: int = 1000) -> list[int]:
+    """Rows the sweeper should hand to a worker: due, or whose sender's lease ran out."""
+    now = timezone.now()
+    due = Q(status=Status.QUEUED) | Q(status=Status.SENDING, lease_until__lt=now)
+    return list(
+        Notification.objects.filter(due, next_attempt_at__lte=now)
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+
+
+def reminders_queue(*, now: datetime | None = None) -> int:
+    """The day-before reminder for deliveries whose window starts tomorrow, local time."""
+    from tracking.models import Delivery
+
+    now = now or timezone.now()
+    candidates = Delivery.objects.filter(
+        window_start__gte=now, window_start__lt=now + timedelta(hours=48), status__in=("created", "scheduled")
+    )
+    firings = []
+    for delivery in candidates:
+        assert delivery.window_start is not None
+        today = rules.local_date(now, delivery.timezone)
+        if rules.local_date(delivery.window_start, delivery.timezone) == today + timedelta(days=1):
+            firings.append((delivery, rules.firing_for_reminder(delivery=delivery)))
+    with transaction.atomic():
+        return len(notifications_queue(firings=firings))
+
+
+# --- consent -------------------------------------------------------------------------------
+
+
+def phone_normalize(raw: str) -> str:
+    """E.164, or "" where the text is not a possible phone number."""
+    raw = (raw or "").strip()
+    if not raw or len(raw) > 40:
+        return ""
+    try:
+        number = phonenumbers.parse(raw if raw.startswith("+") else f"+{raw.lstrip('0')}", None)
+    except phonenumbers.NumberParseException:
+        return ""
+    if not phonenumbers.is_possible_number(number):
+        return ""
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def email_normalize(raw: str) -> str:
+    return (raw or "").strip().lower()
+
+
+def is_opted_out(*, channel: str, address: str) -> bool:
+    return Consent.objects.filter(channel=channel, address=address, opted_out=True).exists()
+
+
+def consent_set(*, channel: str, address: str, opted_out: bool, reason: str) -> Consent:
+    consent, _ = Consent.objects.update_or_create(
+        channel=channel,
+        address=address,
+        defaults={"opted_out": opted_out, "reason": reason[:40], "changed_at": timezone.now()},
+    )
+    return consent
+
+
+def preference_update(*, delivery: Delivery, sms: bool, email: bool, language: str) -> Preference:
+    """The customer's choices for one delivery; queued messages follow them at send time."""
+    preference, _ = Preference.objects.update_or_create(
+        delivery=delivery, defaults={"sms": sms, "email": email, "language": language}
+    )
+    return preference
