@@ -14,11 +14,14 @@ import json
 import logging
 import random
 import uuid
+from collections.abc import Iterable
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import requests
 from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -28,28 +31,85 @@ from tracking.models import Delivery, OutboundEvent, OutboundStatus
 
 logger = logging.getLogger(__name__)
 
-OUTBOUND_TYPES = ("delivery.slot_booked", "delivery.instructions_updated", "delivery.feedback")
+# The keys of `data` for each type, as the contract lists them; `reference` is added here.
+OUTBOUND_FIELDS: dict[str, frozenset[str]] = {
+    "delivery.slot_booked": frozenset({"reference", "slot", "previous", "by"}),
+    "delivery.instructions_updated": frozenset({"reference", "instructions", "safe_place"}),
+    "delivery.feedback": frozenset({"reference", "rating", "comment"}),
+}
+OUTBOUND_TYPES = tuple(OUTBOUND_FIELDS)
 BACKOFF_BASE = 2.0
 BACKOFF_CAP = 600.0
+# A Celery countdown may fire a few milliseconds before the time it was computed from.
+DUE_TOLERANCE = timedelta(seconds=1)
+# A lease outlives one POST (connect + read timeouts) with room to write the outcome.
+LEASE_MARGIN = 30.0
+ERROR_BODY_BYTES = 200
 
 
 def outbound_enqueue(*, delivery: Delivery, type: str, data: dict[str, Any]) -> OutboundEvent:
-    """Queue one event for the routing backend. Call it inside the change's transaction."""
-    if type not in OUTBOUND_TYPES:
+    """Queue one event for the routing backend. Call it inside the change's transaction.
+
+    `data` holds the contract's fields for `type` except `reference`; datetimes are written
+    as RFC 3339 strings.
+    """
+    fields = OUTBOUND_FIELDS.get(type)
+    if fields is None:
         raise ValueError(f"unknown outbound event type {type!r}")
+    payload = json.loads(json.dumps({"reference": delivery.reference, **data}, cls=DjangoJSONEncoder))
+    if set(payload) != fields:
+        raise ValueError(f"{type} data must have exactly {sorted(fields)}, not {sorted(payload)}")
     now = timezone.now()
     row = OutboundEvent.objects.create(
         event_id=f"pl_{uuid.uuid4().hex}",
         type=type,
         delivery=delivery,
-        data={"reference": delivery.reference, **data},
+        data=payload,
         occurred_at=now,
         next_attempt_at=now,
     )
+    _publish_on_commit([row.pk])
+    return row
+
+
+def outbound_retry(*, ids: Iterable[int]) -> int:
+    """Staff's "retry now": failed or waiting rows become due at once and are sent.
+
+    The give-up horizon still counts from the row's creation, so a retried row that fails
+    again is flagged for staff again at once, with its new error.
+    """
+    with transaction.atomic():
+        pks = list(
+            OutboundEvent.objects.select_for_update()
+            .filter(pk__in=list(ids), status__in=[OutboundStatus.QUEUED, OutboundStatus.FAILED])
+            .values_list("pk", flat=True)
+        )
+        OutboundEvent.objects.filter(pk__in=pks).update(
+            status=OutboundStatus.QUEUED, next_attempt_at=timezone.now(), lease_until=None
+        )
+        _publish_on_commit(pks)
+    return len(pks)
+
+
+def _publish_on_commit(pks: list[int]) -> None:
+    # Not Celery's delay_on_commit: its callback is not robust, so a broker outage right after
+    # the commit would surface as an error for a change that is already saved. The row is
+    # committed either way and the sweeper sends it.
+    if pks:
+        transaction.on_commit(partial(_publish, pks), robust=True)
+
+
+def _publish(pks: list[int]) -> None:
     from tracking.tasks import outbound_send
 
-    outbound_send.delay_on_commit(row.pk)
-    return row
+    for pk in pks:
+        try:
+            outbound_send.delay(pk)
+        except Exception:
+            logger.warning(
+                "could not queue outbound events %s; the sweeper will send them", pks, exc_info=True
+            )
+            return
 
 
 def backoff_delay(attempts: int) -> float:
@@ -62,7 +122,7 @@ def _claim(outbound_id: int) -> OutboundEvent | None:
     now = timezone.now()
     with transaction.atomic():
         row = OutboundEvent.objects.select_for_update(skip_locked=True).filter(pk=outbound_id).first()
-        if row is None or row.next_attempt_at > now:
+        if row is None or row.next_attempt_at > now + DUE_TOLERANCE:
             return None
         if row.status == OutboundStatus.SENDING and row.lease_until and row.lease_until > now:
             return None  # another worker is sending it right now
@@ -70,7 +130,7 @@ def _claim(outbound_id: int) -> OutboundEvent | None:
             return None
         row.status = OutboundStatus.SENDING
         row.attempts += 1
-        row.lease_until = now + timedelta(seconds=settings.PORCHLIGHT_OUTBOUND_TIMEOUT + 30)
+        row.lease_until = now + timedelta(seconds=settings.PORCHLIGHT_OUTBOUND_TIMEOUT + LEASE_MARGIN)
         row.save(update_fields=["status", "attempts", "lease_until"])
     return row
 
@@ -85,25 +145,32 @@ def outbound_deliver(*, outbound_id: int) -> float | None:
     error = _post(row)
     now = timezone.now()
     if error is None:
-        OutboundEvent.objects.filter(pk=row.pk).update(
-            status=OutboundStatus.SENT, sent_at=now, lease_until=None, last_error=""
-        )
+        # Sent is sent, even if our lease ran out and another worker holds the row now.
+        OutboundEvent.objects.filter(
+            pk=row.pk, status__in=[OutboundStatus.QUEUED, OutboundStatus.SENDING]
+        ).update(status=OutboundStatus.SENT, sent_at=now, lease_until=None, last_error="")
         return None
+    # A failure is only ours to record while we still hold the row: a worker that took it
+    # over after our lease ran out may have sent it meanwhile.
+    ours = OutboundEvent.objects.filter(pk=row.pk, status=OutboundStatus.SENDING, attempts=row.attempts)
     give_up_at = row.created_at + timedelta(seconds=settings.PORCHLIGHT_OUTBOUND_GIVE_UP_AFTER)
     if now >= give_up_at:
-        logger.error("outbound event %s failed for good after %s attempts", row.event_id, row.attempts)
-        OutboundEvent.objects.filter(pk=row.pk).update(
-            status=OutboundStatus.FAILED, lease_until=None, last_error=error
+        logger.error(
+            "outbound event %s failed for good after %s attempts: %s", row.event_id, row.attempts, error
         )
+        ours.update(status=OutboundStatus.FAILED, lease_until=None, last_error=error)
         return None
     delay = backoff_delay(row.attempts)
-    OutboundEvent.objects.filter(pk=row.pk).update(
+    logger.info(
+        "outbound event %s attempt %s failed (%s); next in %.1f s", row.event_id, row.attempts, error, delay
+    )
+    updated = ours.update(
         status=OutboundStatus.QUEUED,
         lease_until=None,
         last_error=error,
         next_attempt_at=now + timedelta(seconds=delay),
     )
-    return delay
+    return delay if updated else None
 
 
 def _post(row: OutboundEvent) -> str | None:
@@ -114,22 +181,27 @@ def _post(row: OutboundEvent) -> str | None:
     body = json.dumps({"events": [row.envelope()]}, separators=(",", ":")).encode()
     headers = {"Content-Type": "application/json", signing.HEADER: signing.sign(secret=secret, body=body)}
     try:
-        response = requests.post(
+        # stream=True: an error page is read only as far as the few bytes kept in last_error.
+        with requests.post(
             settings.PORCHLIGHT_ROUTING_URL,
             data=body,
             headers=headers,
             timeout=settings.PORCHLIGHT_OUTBOUND_TIMEOUT,
             allow_redirects=False,
-        )
+            stream=True,
+        ) as response:
+            if 200 <= response.status_code < 300:
+                return None
+            snippet = next(response.iter_content(ERROR_BODY_BYTES), b"")[:ERROR_BODY_BYTES]
+            return f"HTTP {response.status_code}: {snippet.decode('utf-8', 'replace')}"
     except requests.RequestException as exc:
         return f"{type(exc).__name__}: {exc}"[:500]
-    if 200 <= response.status_code < 300:
-        return None
-    return f"HTTP {response.status_code}: {response.text[:200]}"
 
 
 def outbound_due_ids(*, limit: int = 500) -> list[int]:
     """Rows the sweeper should hand to a worker: due, or whose sender's lease ran out."""
+    if not settings.PORCHLIGHT_ROUTING_URL:
+        return []  # nothing can be sent; the rows wait in the outbox
     now = timezone.now()
     due = Q(status=OutboundStatus.QUEUED) | Q(status=OutboundStatus.SENDING, lease_until__lt=now)
     return list(

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
-from django.conf import settings
 
 from tracking.outbound import outbound_deliver, outbound_due_ids
 
 # Waits longer than this stay in the database for the sweeper; shorter ones ride on a Celery
-# countdown, well under the broker's visibility timeout.
+# countdown, well under the broker's visibility timeout (a countdown past it is redelivered
+# early, and lost with the worker that holds it).
 SHORT_WAIT = 60.0
 
 
-@shared_task
-def outbound_send(outbound_id: int) -> None:
+@shared_task(bind=True)
+def outbound_send(self: Any, outbound_id: int) -> None:
     delay = outbound_deliver(outbound_id=outbound_id)
-    if delay is not None and delay <= SHORT_WAIT and not settings.CELERY_TASK_ALWAYS_EAGER:
-        outbound_send.apply_async((outbound_id,), countdown=delay)
+    # Eagerly (embedded mode) there is no worker to come back later: the row waits in the
+    # database instead of recursing here.
+    if delay is not None and delay <= SHORT_WAIT and not self.request.is_eager:
+        outbound_send.apply_async((outbound_id,), countdown=min(delay, SHORT_WAIT))
 
 
 @shared_task
