@@ -132,7 +132,8 @@ def _keep_rejected(batch: _Batch, rejected: list[tuple[int, object, dict[str, st
 
 def _storable(raw: object) -> object:
     """A rejected event as we can keep it: JSON that PostgreSQL accepts."""
-    if is_storable(raw):
+    # None would be stored as SQL NULL, which the payload column refuses.
+    if raw is not None and is_storable(raw):
         return raw
     try:
         text = repr(raw)[:2000]
