@@ -1,25 +1,146 @@
 """Live pushes to open tracking pages: the one place that talks to the channel layer.
 
-Called by the intake after its transaction commits, with what changed. The tracking page
-(issue 3) fills these in; until then nothing is pushed.
+Called by the intake after its transaction commits, with what changed, and by slot booking
+after a booking. Messages are the contract's (section 3): `status`, `eta`, `location`.
+
+Fan-out design: two kinds of groups.
+
+- `delivery.<pk>`: every socket open on that delivery's page. A status, ETA, details or proof
+  change sends ONE group message carrying the contract messages, serialised once per page
+  language (two), plus whether the delivery is close enough for its driver's position to be
+  shown (the privacy rule) and which driver that is.
+- `driver.<pk>`: the sockets of deliveries whose privacy rule currently allows positions of
+  that driver. A ping is ONE group message to that group, serialised once, whatever the number
+  of viewers. Nothing in the request path loops over deliveries or looks them up.
+
+Each consumer joins or leaves its driver's group when a delivery message says the rule changed
+(and checks the rule again on every ping, so a ping racing a "delivered" never gets through).
+The intake sends a batch's delivery changes before its positions, so the leave comes first.
+
+A publish never raises into its caller: the intake must answer even when Redis is down. All
+sends of one batch run together under one short timeout, and failures are logged. Pages that
+missed a message recover from the snapshot they fetch on reconnect.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.utils import translation
+
+from tracking.models import Status
 
 if TYPE_CHECKING:
     from tracking.models import Delivery, Driver
     from tracking.services import Change
 
+logger = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT = 1.0
+# Positions go out at ~10 m precision: enough for a map, no more (T3: at most 4 decimals).
+POSITION_DECIMALS = 4
+
+
+def delivery_group(delivery_id: int) -> str:
+    return f"delivery.{delivery_id}"
+
+
+def driver_group(driver_id: int) -> str:
+    return f"driver.{driver_id}"
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value is not None else None
+
+
+def status_message(delivery: Delivery) -> dict[str, Any]:
+    return {
+        "type": "status",
+        "status": delivery.status,
+        "label": str(Status(delivery.status).label),
+        "occurred_at": iso(delivery.status_at),
+    }
+
+
+def eta_message(delivery: Delivery) -> dict[str, Any]:
+    narrowed = delivery.eta_window_start is not None
+    return {
+        "type": "eta",
+        "eta": iso(delivery.eta),
+        "window_start": iso(delivery.eta_window_start if narrowed else delivery.window_start),
+        "window_end": iso(delivery.eta_window_end if narrowed else delivery.window_end),
+        "stops_before": delivery.stops_before,
+    }
+
+
+def location_message(driver: Driver) -> dict[str, Any] | None:
+    if driver.lat is None or driver.lon is None or driver.position_recorded_at is None:
+        return None
+    return {
+        "type": "location",
+        "lat": round(driver.lat, POSITION_DECIMALS),
+        "lon": round(driver.lon, POSITION_DECIMALS),
+        "heading": driver.heading,
+        "recorded_at": iso(driver.position_recorded_at),
+    }
+
+
+def shows_position(delivery: Delivery) -> bool:
+    return delivery.shows_live_position(live_map_stops=settings.PORCHLIGHT_LIVE_MAP_STOPS)
+
+
+def delivery_state(delivery: Delivery) -> dict[str, Any]:
+    """The group message for one delivery's viewers (also what a socket gets on connect)."""
+    live = shows_position(delivery)
+    location = location_message(delivery.driver) if live and delivery.driver else None
+    texts: dict[str, list[str]] = {}
+    for code, _ in settings.LANGUAGES:
+        with translation.override(code):
+            texts[code] = [json.dumps(status_message(delivery)), json.dumps(eta_message(delivery))]
+    return {
+        "type": "delivery.state",
+        "texts": texts,
+        "location": json.dumps(location) if location else None,
+        "live": live,
+        "driver": delivery.driver_id if live else None,
+        "position_ts": delivery.driver.position_recorded_at.timestamp()
+        if location and delivery.driver
+        else None,
+    }
+
+
+def driver_ping(driver: Driver) -> dict[str, Any] | None:
+    location = location_message(driver)
+    if location is None or driver.position_recorded_at is None:
+        return None
+    return {
+        "type": "driver.location",
+        "text": json.dumps(location),
+        "ts": driver.position_recorded_at.timestamp(),
+    }
+
 
 def publish_changes(*, changes: Sequence[Change]) -> None:
     """Status, ETA, details and proof changes of deliveries, in the order they were applied."""
+    newest: dict[int, Delivery] = {}
+    for change in changes:
+        newest[change.delivery.pk] = change.delivery  # one message per delivery, its final state
+    _send_safely(lambda: [(delivery_group(pk), delivery_state(d)) for pk, d in newest.items()])
 
 
 def publish_positions(*, drivers: Sequence[Driver]) -> None:
-    """Drivers whose newest position moved forward in this batch."""
+    """Drivers whose newest position moved forward in this batch: one message per driver."""
+    _send_safely(
+        lambda: [(driver_group(d.pk), message) for d in drivers if (message := driver_ping(d)) is not None]
+    )
 
 
 def publish_delivery(*, delivery: Delivery) -> None:
@@ -27,3 +148,29 @@ def publish_delivery(*, delivery: Delivery) -> None:
 
     For changes made outside the intake, e.g. a booked slot; call it after the commit.
     """
+    _send_safely(lambda: [(delivery_group(delivery.pk), delivery_state(delivery))])
+
+
+def _send_safely(build: Any) -> None:
+    try:
+        sends = build()
+        if sends:
+            async_to_sync(_send_all)(sends)
+    except Exception:
+        # The pages heal from their snapshot; the caller (the intake) must not fail for this.
+        logger.exception("live publish failed")
+
+
+async def _send_all(sends: list[tuple[str, dict[str, Any]]]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    results = await asyncio.wait_for(
+        asyncio.gather(
+            *(layer.group_send(group, message) for group, message in sends), return_exceptions=True
+        ),
+        timeout=PUBLISH_TIMEOUT,
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            logger.warning("live publish to a group failed: %r", result)

@@ -1,0 +1,332 @@
+"""The customer's tracking page (`/t/<token>/`), its live-state snapshot and its actions.
+
+Every response here carries the same privacy and security headers; every unknown, malformed,
+revoked or expired token gets the same 404 page, and a client that keeps missing is throttled.
+Pages are answered with 304 when nothing they show has changed (ETag over the rows' versions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from django import forms
+from django.conf import settings
+from django.core.cache import cache
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone, translation
+from django.utils.translation import gettext_lazy as _
+from django.views.decorators.http import require_POST, require_safe
+
+from tracking import live
+from tracking.customer import (
+    MAX_COMMENT,
+    MAX_INSTRUCTIONS,
+    MAX_SAFE_PLACE,
+    CustomerError,
+    address_hint,
+    can_change_instructions,
+    can_leave_feedback,
+    delivery_for_token,
+    delivery_language,
+    delivery_proof,
+    delivery_timeline,
+    delivery_update_instructions,
+    delivery_leave_feedback,
+    delivery_zone,
+    mask_codes,
+)
+from tracking.models import Delivery, DeliveryProof, Status
+
+# T2: a client that misses this many tokens within the window is refused (429) for the rest of
+# it. Counted in the shared cache (Redis in production), so several processes share one count.
+MISS_LIMIT = 30
+MISS_WINDOW = 600
+DESTINATION_DECIMALS = 3  # about 100 m: the map shows the neighbourhood, not the door
+
+
+def _tile_source(template: str) -> str:
+    parts = urlsplit(template)
+    if not parts.scheme or not parts.netloc:
+        return ""
+    return f"{parts.scheme}://{parts.netloc.replace('{s}', '*')}"
+
+
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        f"img-src 'self' data: {_tile_source(settings.MAP_TILE_URL)}".strip(),
+        "connect-src 'self'",
+        "font-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+
+
+def _secured(response: HttpResponse) -> HttpResponse:
+    response["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response["X-Robots-Tag"] = "noindex, nofollow"
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Referrer-Policy"] = "no-referrer"
+    # Not no-store: the browser keeps the page and revalidates it (304) on every visit, and
+    # `private` keeps it out of shared caches. A personal page, never served stale.
+    response["Cache-Control"] = "private, no-cache"
+    return response
+
+
+def _client_key(request: HttpRequest) -> str:
+    # REMOTE_ADDR only: a client-supplied X-Forwarded-For must not reset its own count.
+    return "tracking-miss:" + hashlib.sha256(request.META.get("REMOTE_ADDR", "").encode()).hexdigest()[:32]
+
+
+def _throttled(request: HttpRequest) -> bool:
+    try:
+        return int(cache.get(_client_key(request)) or 0) >= MISS_LIMIT
+    except Exception:  # a cache outage must not take the page down
+        return False
+
+
+def _count_miss(request: HttpRequest) -> None:
+    key = _client_key(request)
+    try:
+        cache.add(key, 0, MISS_WINDOW)
+        cache.incr(key)
+    except Exception:
+        pass
+
+
+def _refused(request: HttpRequest, *, throttled: bool = False) -> HttpResponse:
+    if throttled:
+        response = render(request, "tracking/not_found.html", {"throttled": True}, status=429)
+        response["Retry-After"] = str(MISS_WINDOW)
+    else:
+        response = render(request, "tracking/not_found.html", {"throttled": False}, status=404)
+    return _secured(response)
+
+
+def _get_delivery(request: HttpRequest, token: str) -> tuple[Delivery | None, HttpResponse | None]:
+    if _throttled(request):
+        return None, _refused(request, throttled=True)
+    delivery = delivery_for_token(token=token)
+    if delivery is None:
+        _count_miss(request)
+        return None, _refused(request)
+    return delivery, None
+
+
+def _language(request: HttpRequest, delivery: Delivery) -> str:
+    return delivery_language(delivery, request.GET.get("lang") or request.POST.get("lang"))
+
+
+def _page_url(delivery: Delivery, language: str, name: str = "tracking_page") -> str:
+    return reverse(name, args=[delivery.tracking_token]) + "?" + urlencode({"lang": language})
+
+
+def _etag(request: HttpRequest, delivery: Delivery, language: str, kind: str) -> str:
+    proof = delivery_proof(delivery)
+    parts = [
+        kind,
+        language,
+        delivery.updated_at.isoformat(),
+        delivery.driver.updated_at.isoformat() if delivery.driver else "",
+        proof.occurred_at.isoformat() if proof else "",  # type: ignore[attr-defined]
+        # The forms carry a CSRF token made from the cookie: a new cookie is a new page.
+        request.COOKIES.get(settings.CSRF_COOKIE_NAME, ""),
+    ]
+    return '"' + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32] + '"'
+
+
+class InstructionsForm(forms.Form):
+    instructions = forms.CharField(
+        label=_("Delivery instructions"), max_length=MAX_INSTRUCTIONS, required=False, widget=forms.Textarea
+    )
+    safe_place = forms.CharField(label=_("Safe place"), max_length=MAX_SAFE_PLACE, required=False)
+
+
+class FeedbackForm(forms.Form):
+    rating = forms.TypedChoiceField(
+        label=_("Your rating"),
+        choices=[(n, str(n)) for n in range(5, 0, -1)],
+        coerce=int,
+        widget=forms.RadioSelect,
+    )
+    comment = forms.CharField(
+        label=_("Comment (optional)"), max_length=MAX_COMMENT, required=False, widget=forms.Textarea
+    )
+
+
+def _context(request: HttpRequest, delivery: Delivery, language: str, **extra: Any) -> dict[str, Any]:
+    driver = delivery.driver
+    shows_position = live.shows_position(delivery) and driver is not None and driver.lat is not None
+    narrowed = delivery.eta_window_start is not None and delivery.eta_window_end is not None
+    token = delivery.tracking_token
+    # Booking is possible before the driver sets off, and again after a failed attempt.
+    slots_open = bool(delivery.zone_code) and not delivery.is_on_the_way and not delivery.is_finished
+    page_path = reverse("tracking_page", args=[token])
+    other = "es" if language == "en" else "en"
+    return {
+        "delivery": delivery,
+        "language": language,
+        "other_language": other,
+        "other_language_name": dict(settings.LANGUAGES)[other],
+        "status_label": Status(delivery.status).label,
+        "finished": delivery.is_finished,
+        "on_the_way": delivery.is_on_the_way,
+        "eta_start": delivery.eta_window_start if narrowed else None,
+        "eta_end": delivery.eta_window_end if narrowed else None,
+        "driver": driver if delivery.is_on_the_way else None,
+        "shows_position": shows_position,
+        "driver_lat": round(driver.lat, live.POSITION_DECIMALS)
+        if shows_position and driver and driver.lat is not None
+        else None,
+        "driver_lon": round(driver.lon, live.POSITION_DECIMALS)
+        if shows_position and driver and driver.lon is not None
+        else None,
+        "proof": delivery_proof(delivery) if delivery.status == Status.DELIVERED else None,
+        "timeline": delivery_timeline(delivery=delivery),
+        "address": address_hint(delivery),
+        "instructions_shown": mask_codes(delivery.instructions),
+        "safe_place_shown": mask_codes(delivery.safe_place),
+        "can_change_instructions": can_change_instructions(delivery),
+        "can_leave_feedback": can_leave_feedback(delivery),
+        "slots_url": page_path + "slots/" if slots_open else "",
+        "reschedule_first": delivery.status == Status.ATTEMPT_FAILED,
+        "notifications_url": page_path + "notifications/",
+        "page_url": _page_url(delivery, language),
+        "switch_url": _page_url(delivery, other),
+        "state_url": _page_url(delivery, language, "tracking_state"),
+        "ws_path": f"/ws/t/{token}/?" + urlencode({"lang": language}),
+        "map_tiles": settings.MAP_TILE_URL,
+        "dest_lat": round(delivery.lat, DESTINATION_DECIMALS),
+        "dest_lon": round(delivery.lon, DESTINATION_DECIMALS),
+        "instructions_form": extra.pop("instructions_form", None) or InstructionsForm(),
+        "feedback_form": extra.pop("feedback_form", None) or FeedbackForm(),
+        "now": timezone.now(),
+        **extra,
+    }
+
+
+def _render(
+    request: HttpRequest,
+    delivery: Delivery,
+    template: str,
+    *,
+    status: int = 200,
+    etag_kind: str = "",
+    **extra: Any,
+) -> HttpResponse:
+    language = _language(request, delivery)
+    etag = _etag(request, delivery, language, etag_kind) if etag_kind else ""
+    if etag and etag in request.headers.get("If-None-Match", ""):
+        response = HttpResponse(status=304)
+    else:
+        with translation.override(language), timezone.override(delivery_zone(delivery)):
+            response = render(
+                request, template, _context(request, delivery, language, **extra), status=status
+            )
+            response["Content-Language"] = language
+    if etag:
+        response["ETag"] = etag
+    response["Vary"] = "Cookie, HX-Request"
+    return _secured(response)
+
+
+@require_safe
+def tracking_page(request: HttpRequest, token: str) -> HttpResponse:
+    delivery, refusal = _get_delivery(request, token)
+    if delivery is None:
+        return refusal  # type: ignore[return-value]
+    return _render(request, delivery, "tracking/page.html", etag_kind="page")
+
+
+@require_safe
+def tracking_state(request: HttpRequest, token: str) -> HttpResponse:
+    """The live-state region alone: the snapshot a page re-reads after a gap or reconnect."""
+    delivery, refusal = _get_delivery(request, token)
+    if delivery is None:
+        return refusal  # type: ignore[return-value]
+    return _render(request, delivery, "tracking/page.html#live-state", etag_kind="state")
+
+
+@require_POST
+def tracking_instructions(request: HttpRequest, token: str) -> HttpResponse:
+    delivery, refusal = _get_delivery(request, token)
+    if delivery is None:
+        return refusal  # type: ignore[return-value]
+    form = InstructionsForm(request.POST)
+    saved = False
+    if form.is_valid() and can_change_instructions(delivery):
+        try:
+            delivery_update_instructions(
+                delivery=delivery,
+                instructions=form.cleaned_data["instructions"],
+                safe_place=form.cleaned_data["safe_place"],
+            )
+            saved = True
+        except CustomerError:
+            pass
+    if request.htmx:  # type: ignore[attr-defined]
+        return _render(
+            request,
+            delivery,
+            "tracking/page.html#instructions",
+            status=200 if saved else 400,
+            instructions_saved=saved,
+            instructions_form=None if saved else form,
+        )
+    if saved:
+        return _secured(
+            HttpResponseRedirect(_page_url(delivery, _language(request, delivery)) + "#instructions")
+        )
+    return _render(request, delivery, "tracking/page.html", status=400, instructions_form=form)
+
+
+@require_POST
+def tracking_feedback(request: HttpRequest, token: str) -> HttpResponse:
+    delivery, refusal = _get_delivery(request, token)
+    if delivery is None:
+        return refusal  # type: ignore[return-value]
+    form = FeedbackForm(request.POST)
+    saved = False
+    if form.is_valid():
+        try:
+            delivery_leave_feedback(
+                delivery=delivery, rating=form.cleaned_data["rating"], comment=form.cleaned_data["comment"]
+            )
+            saved = True
+        except CustomerError:
+            pass
+    status = 200 if saved else (409 if form.is_valid() else 400)
+    if request.htmx:  # type: ignore[attr-defined]
+        return _render(request, delivery, "tracking/page.html#feedback", status=status, feedback_form=form)
+    if saved:
+        return _secured(HttpResponseRedirect(_page_url(delivery, _language(request, delivery)) + "#feedback"))
+    return _render(request, delivery, "tracking/page.html", status=status, feedback_form=form)
+
+
+@require_safe
+def tracking_proof_photo(request: HttpRequest, token: str) -> HttpResponse:
+    """The proof photo, only through the delivery's own token."""
+    delivery, refusal = _get_delivery(request, token)
+    if delivery is None:
+        return refusal  # type: ignore[return-value]
+    photo = DeliveryProof.objects.filter(delivery=delivery).values_list("photo", "photo_content_type").first()
+    if (
+        delivery.status != Status.DELIVERED
+        or not photo
+        or not photo[0]
+        or photo[1] not in ("image/jpeg", "image/png")
+    ):
+        return _refused(request)
+    response = HttpResponse(bytes(photo[0]), content_type=photo[1])
+    _secured(response)
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
