@@ -27,6 +27,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    answered: int
 
     @property
     def json(self) -> Any:
@@ -72,10 +73,16 @@ class FakeRoutingBackend:
         with self._lock:
             return len(self.received)
 
-    def _record(self, request: Received) -> int:
+    def delivered_ids(self) -> list[str]:
+        """Ids of the requests answered with a 2xx, repeats included."""
         with self._lock:
-            self.received.append(request)
-            return self.statuses.pop(0) if self.statuses else self.status
+            return [i for request in self.received if request.answered < 300 for i in request.event_ids]
+
+    def _record(self, path: str, headers: dict[str, str], body: bytes) -> int:
+        with self._lock:
+            status = self.statuses.pop(0) if self.statuses else self.status
+            self.received.append(Received(path, headers, body, status))
+            return status
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         backend = self
@@ -84,7 +91,7 @@ class FakeRoutingBackend:
             def do_POST(self) -> None:
                 length = min(int(self.headers.get("Content-Length") or 0), MAX_BODY)
                 body = self.rfile.read(length)
-                status = backend._record(Received(self.path, dict(self.headers.items()), body))
+                status = backend._record(self.path, dict(self.headers.items()), body)
                 if backend.hang:
                     backend._release.wait(timeout=30)
                 reply = b'{"ok":true}' if status < 300 else b'{"error":"unavailable"}'
