@@ -1,5 +1,6 @@
 """Test helpers for the outbox: a fake routing backend (a real HTTP server on loopback, the
-third-party edge) and a small delivery factory."""
+third-party edge), its fixtures (import `backend_fixture`, `eager_fixture` into a test module
+to use `backend`, `eager`) and a small delivery factory."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
 from django.utils import timezone
 
 from tracking import signing
@@ -126,6 +128,28 @@ def fake_routing_backend(port: int = 0) -> Iterator[FakeRoutingBackend]:
         yield backend
     finally:
         backend.stop()
+
+
+@pytest.fixture(name="eager")
+def eager_fixture() -> Iterator[None]:
+    """Run tasks in this process even in the production pass: the tests that use it call
+    the outbox directly; the real worker is exercised in test_outbound_worker.py."""
+    from config.celery import app
+
+    before = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = before
+
+
+@pytest.fixture(name="backend")
+def backend_fixture(settings: Any, eager: None) -> Iterator[FakeRoutingBackend]:
+    """The fake routing backend, configured as PORCHLIGHT_ROUTING_URL with a short timeout."""
+    with fake_routing_backend() as fake:
+        settings.PORCHLIGHT_ROUTING_URL = fake.url
+        settings.PORCHLIGHT_OUTBOUND_SECRET = OUTBOUND_SECRET
+        settings.PORCHLIGHT_OUTBOUND_TIMEOUT = 0.3
+        yield fake
 
 
 def closed_port() -> int:

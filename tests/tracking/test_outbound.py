@@ -19,12 +19,13 @@ from django.db import connection, transaction
 from django.test import TestCase
 from django.utils import timezone
 
-from tests.tracking.outbound_support import (
+from tests.tracking.outbound_support import (  # noqa: F401 (the *_fixture names are fixtures)
     OUTBOUND_SECRET,
     SLOT_DATA,
     FakeRoutingBackend,
+    backend_fixture,
     closed_port,
-    fake_routing_backend,
+    eager_fixture,
     make_delivery,
 )
 from tracking import outbound, signing, tasks
@@ -48,27 +49,6 @@ EVENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 class Boom(Exception):
     pass
-
-
-@pytest.fixture
-def eager() -> Iterator[None]:
-    """Run tasks in this process even in the production pass: these tests call the outbox
-    directly; the real worker is exercised in test_outbound_worker.py."""
-    from config.celery import app
-
-    before = app.conf.task_always_eager
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = before
-
-
-@pytest.fixture
-def backend(settings: Any, eager: None) -> Iterator[FakeRoutingBackend]:
-    with fake_routing_backend() as fake:
-        settings.PORCHLIGHT_ROUTING_URL = fake.url
-        settings.PORCHLIGHT_OUTBOUND_SECRET = OUTBOUND_SECRET
-        settings.PORCHLIGHT_OUTBOUND_TIMEOUT = 0.3
-        yield fake
 
 
 def enqueue_unsent(**data: Any) -> OutboundEvent:
