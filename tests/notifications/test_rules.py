@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from notifications.backends import locmem
 from notifications.models import Notification
+from notifications.services import notification_deliver, notification_due_ids
 from tests.notifications.conftest import eta, status, upsert
 
 pytestmark = pytest.mark.django_db
@@ -16,12 +17,14 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def send_now(django_capture_on_commit_callbacks):
-    """Run the on-commit sends of each post (eager Celery in the embedded pass)."""
+    """Post, then send what is due as the queued tasks would (both passes: no broker involved)."""
 
     def run(post_events, body):
-        with django_capture_on_commit_callbacks(execute=True):
+        with django_capture_on_commit_callbacks(execute=False):
             response = post_events(body)
         assert response.status_code == 200, response.content
+        for notification_id in notification_due_ids():
+            notification_deliver(notification_id=notification_id)
         return response.json()["results"]
 
     return run
