@@ -74,6 +74,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Static files (Leaflet, htmx, the page scripts) from the web process itself, compressed.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "config.middleware.DatabaseUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
@@ -205,6 +207,13 @@ STATIC_URL = "/static/"
 # Leaflet comes from a package (xstatic-leaflet), served as /static/leaflet/leaflet.js.
 STATICFILES_DIRS = [BASE_DIR / "static", ("leaflet", xstatic.pkg.leaflet.BASE_DIR)]
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Deploys run collectstatic, which writes gzip/brotli copies that WhiteNoise serves. Without a
+# STATIC_ROOT (tests, the demo) it serves straight from the apps and packages, uncompressed.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = DEBUG or not STATIC_ROOT.is_dir()
 
 # --- security: on when the public URL is https --------------------------------------------
 _public_https = urlsplit(PORCHLIGHT_PUBLIC_URL).scheme == "https"
