@@ -3,6 +3,10 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
+# The demo's links and its simulator follow PORT (make run PORT=8137).
+DEMO_ENV := DJANGO_DEBUG=1 PORCHLIGHT_PUBLIC_URL=$${PORCHLIGHT_PUBLIC_URL:-http://localhost:$(PORT)}
+# Simulated seconds per real second: 10 plays the demo's hour-long day in about six minutes.
+SPEED ?= 10
 
 .PHONY: run test bench lint worker beat migrate demo clean
 
@@ -16,15 +20,18 @@ migrate: $(VENV)/.installed
 	DJANGO_DEBUG=1 $(PY) manage.py migrate --noinput
 
 demo: migrate
-	DJANGO_DEBUG=1 $(PY) manage.py demo_data
+	$(DEMO_ENV) $(PY) manage.py demo_data
 
 # The demo: SQLite, in-process channel layer and Celery, messages on the console, and a
 # simulated routing backend driving the demo deliveries. Ctrl-C stops everything.
 run: demo
 	@echo "Serving on http://localhost:$(PORT)/ (daphne) with a simulated routing backend. Ctrl-C stops both."
-	@trap 'kill 0' INT TERM; \
-	DJANGO_DEBUG=1 $(PY) manage.py runserver $(PORT) & \
-	DJANGO_DEBUG=1 $(PY) manage.py simulate --url http://127.0.0.1:$(PORT) & \
+	@# The handler ignores the TERM it sends the group itself, or it would run again and again.
+	@# The simulator's once-a-second POSTs are left out of the access log; everything else shows.
+	@trap 'trap "" INT TERM; kill 0; wait' INT TERM; \
+	$(DEMO_ENV) LOG_LEVEL=$${LOG_LEVEL:-WARNING} PYTHONUNBUFFERED=1 $(PY) manage.py runserver $(PORT) 2>&1 \
+		| grep --line-buffered -v 'POST /api/v1/events 200' & \
+	$(DEMO_ENV) $(PY) manage.py simulate --url http://127.0.0.1:$(PORT) --speed $(SPEED) & \
 	wait
 
 test: $(VENV)/.installed
