@@ -108,7 +108,7 @@ def preferences(request: HttpRequest, token: str) -> HttpResponse:
     current = getattr(delivery, "notification_preference", None)
     language = language_for(delivery)
     initial = {"sms": current.sms if current else True, "email": current.email if current else True, "language": language}
-    form = PreferenceForm(request.POST or None, initial=initial)
+    form = PreferenceForm(request.POST if request.method == "POST" else None, initial=initial)
     if request.method == "POST" and form.is_valid():
         preference_update(delivery=delivery, **form.cleaned_data)
         with translation.override(form.cleaned_data["language"]):
