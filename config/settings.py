@@ -7,6 +7,7 @@ PostgreSQL and Redis.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -214,6 +215,8 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = DEBUG or not STATIC_ROOT.is_dir()
+if WHITENOISE_USE_FINDERS:
+    warnings.filterwarnings("ignore", message="No directory at")
 
 # --- security: on when the public URL is https --------------------------------------------
 _public_https = urlsplit(PORCHLIGHT_PUBLIC_URL).scheme == "https"
