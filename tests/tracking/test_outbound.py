@@ -262,6 +262,7 @@ def test_it_retries_for_at_least_24_hours_then_flags_the_row_for_staff(backend: 
     assert row.attempts == backend.count() == len(gaps) + 1
     # About one try every cap/2 once capped: 26 h / 300 s is 312 tries; never a tight loop.
     assert 150 <= row.attempts <= 600, row.attempts
+    print(f"\n{row.attempts} tries before giving up after {failed_at - T0}")
     assert "HTTP 503" in row.last_error
     assert outbound_due_ids() == []
     assert OutboundEvent.objects.filter(status=OutboundStatus.FAILED).count() == 1

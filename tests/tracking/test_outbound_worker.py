@@ -146,6 +146,21 @@ def test_events_queued_while_the_backend_is_down_are_sent_when_it_comes_up() -> 
     assert set(backend.delivered_ids()) == {row.event_id for row in rows}
 
 
+def test_events_queued_while_no_worker_runs_are_sent_when_one_starts() -> None:
+    with fake_routing_backend() as backend:
+        delivery = make_delivery()
+        rows = [
+            outbound_enqueue(
+                delivery=delivery, type="delivery.feedback", data={"rating": 2, "comment": "late"}
+            )
+            for _ in range(5)
+        ]
+        assert statuses() == {OutboundStatus.QUEUED: 5}
+        with celery_worker(**worker_env(backend.url)):
+            wait_for(lambda: statuses() == {OutboundStatus.SENT: 5}, timeout=30, what="all 5 rows sent")
+    assert sorted(backend.delivered_ids()) == sorted(row.event_id for row in rows)
+
+
 def test_the_sweeper_on_a_real_worker_resends_a_row_whose_sender_died() -> None:
     with fake_routing_backend() as backend, celery_worker(**worker_env(backend.url)):
         row = OutboundEvent.objects.create(
