@@ -15,7 +15,7 @@ import logging
 import random
 import uuid
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -45,6 +45,9 @@ DUE_TOLERANCE = timedelta(seconds=1)
 # A lease outlives one POST (connect + read timeouts) with room to write the outcome.
 LEASE_MARGIN = 30.0
 ERROR_BODY_BYTES = 200
+# A row a sweep handed to a worker is not handed out again before this, unless a worker
+# took it meanwhile: a lost task costs this much delay, a stopped worker no broker pile-up.
+DISPATCH_GRACE = timedelta(seconds=120)
 
 
 def outbound_enqueue(*, delivery: Delivery, type: str, data: dict[str, Any]) -> OutboundEvent:
@@ -198,14 +201,42 @@ def _post(row: OutboundEvent) -> str | None:
         return f"{type(exc).__name__}: {exc}"[:500]
 
 
+def _due(now: datetime) -> Q:
+    # A queued row's lease_until means "handed to a worker by a sweep": not again until then.
+    queued = Q(status=OutboundStatus.QUEUED) & (Q(lease_until__isnull=True) | Q(lease_until__lt=now))
+    abandoned = Q(status=OutboundStatus.SENDING, lease_until__lt=now)
+    return (queued | abandoned) & Q(next_attempt_at__lte=now)
+
+
 def outbound_due_ids(*, limit: int = 500) -> list[int]:
-    """Rows the sweeper should hand to a worker: due, or whose sender's lease ran out."""
+    """Rows a sweep would hand to a worker: due, or whose sender's lease ran out."""
     if not settings.PORCHLIGHT_ROUTING_URL:
         return []  # nothing can be sent; the rows wait in the outbox
-    now = timezone.now()
-    due = Q(status=OutboundStatus.QUEUED) | Q(status=OutboundStatus.SENDING, lease_until__lt=now)
     return list(
-        OutboundEvent.objects.filter(due, next_attempt_at__lte=now)
+        OutboundEvent.objects.filter(_due(timezone.now()))
         .order_by("next_attempt_at")
         .values_list("pk", flat=True)[:limit]
     )
+
+
+def outbound_dispatch_due(*, limit: int = 500) -> list[int]:
+    """Mark the due rows as handed to a worker for DISPATCH_GRACE and return them.
+
+    Without the mark, a sweep every 30 s while no worker consumes would pile up a copy of
+    every due row per sweep in the broker. A row whose sender died goes back to queued: its
+    late outcome, if any, is ignored (see outbound_deliver).
+    """
+    if not settings.PORCHLIGHT_ROUTING_URL:
+        return []
+    now = timezone.now()
+    with transaction.atomic():
+        pks = list(
+            OutboundEvent.objects.select_for_update(skip_locked=True)
+            .filter(_due(now))
+            .order_by("next_attempt_at")
+            .values_list("pk", flat=True)[:limit]
+        )
+        OutboundEvent.objects.filter(pk__in=pks).update(
+            status=OutboundStatus.QUEUED, lease_until=now + DISPATCH_GRACE
+        )
+    return pks

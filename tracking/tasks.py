@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import shared_task
 
-from tracking.outbound import outbound_deliver, outbound_due_ids
+from tracking.outbound import outbound_deliver, outbound_dispatch_due
 
 # Waits longer than this stay in the database for the sweeper; shorter ones ride on a Celery
 # countdown, well under the broker's visibility timeout (a countdown past it is redelivered
@@ -25,7 +25,7 @@ def outbound_send(self: Any, outbound_id: int) -> None:
 
 @shared_task
 def outbound_sweep() -> int:
-    ids = outbound_due_ids()
+    ids = outbound_dispatch_due()
     for outbound_id in ids:
         outbound_send.delay(outbound_id)
     return len(ids)

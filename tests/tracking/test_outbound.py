@@ -33,8 +33,10 @@ from tracking.models import OutboundEvent, OutboundStatus
 from tracking.outbound import (
     BACKOFF_BASE,
     BACKOFF_CAP,
+    DISPATCH_GRACE,
     backoff_delay,
     outbound_deliver,
+    outbound_dispatch_due,
     outbound_due_ids,
     outbound_enqueue,
 )
@@ -310,6 +312,46 @@ def test_a_row_whose_sender_died_mid_send_is_swept_and_sent_again(backend: FakeR
     row.refresh_from_db()
     assert (row.status, row.attempts, row.lease_until) == (OutboundStatus.SENT, 2, None)
     assert backend.ids() == [row.event_id]
+
+
+def test_a_sweep_hands_a_row_out_once_per_grace_period_while_no_worker_takes_it(
+    backend: FakeRoutingBackend,
+) -> None:
+    with time_machine.travel(T0, tick=False) as clock:
+        row = enqueue_unsent()
+        assert outbound_dispatch_due() == [row.pk]
+        # The worker is down: sweeps every 30 s do not pile up copies of the task.
+        for _ in range(3):
+            clock.shift(30)
+            assert outbound_dispatch_due() == []
+        clock.move_to(T0 + DISPATCH_GRACE + timedelta(seconds=1))
+        assert outbound_dispatch_due() == [row.pk]
+        # A worker that takes the handed-out row sends it at once.
+        assert outbound_deliver(outbound_id=row.pk) is None
+    row.refresh_from_db()
+    assert (row.status, row.attempts, row.lease_until) == (OutboundStatus.SENT, 1, None)
+    assert backend.ids() == [row.event_id]
+
+
+def test_a_late_failure_from_a_sender_presumed_dead_is_ignored(
+    backend: FakeRoutingBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    row = enqueue_unsent()
+    real_post = outbound._post
+
+    def slow_sender(claimed: OutboundEvent) -> str | None:
+        error = real_post(claimed)
+        # Meanwhile its lease ran out and a sweep put the row back in the queue.
+        OutboundEvent.objects.filter(pk=claimed.pk).update(lease_until=timezone.now() - timedelta(seconds=1))
+        assert outbound_dispatch_due() == [claimed.pk]
+        return error
+
+    backend.status = 503
+    monkeypatch.setattr(outbound, "_post", slow_sender)
+    assert outbound_deliver(outbound_id=row.pk) is None
+    row.refresh_from_db()
+    assert (row.status, row.attempts, row.last_error) == (OutboundStatus.QUEUED, 1, "")
+    assert row.lease_until is not None  # handed to a new worker, which will try again
 
 
 def test_a_late_failure_does_not_undo_the_send_of_the_worker_that_took_over(
