@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.test import override_settings
 
 from tests.services import daphne, free_port
@@ -184,6 +184,11 @@ def test_simulate_drives_a_whole_day_through_the_http_intake(live_server):
     assert all(Delivery.objects.get(reference=ref).tracking_token == token for ref, _, token in links)
     assert "ORD-10045 attempt_failed" in output
 
+    # demo_data again (a second `make run`) leaves what the simulator did alone.
+    before = dict(Delivery.objects.values_list("reference", "status"))
+    run("demo_data")
+    assert dict(Delivery.objects.values_list("reference", "status")) == before
+
 
 @pytest.mark.postgres
 @pytest.mark.redis
@@ -226,3 +231,21 @@ def test_simulate_survives_a_server_that_is_not_there_and_catches_up_when_it_ans
     assert Delivery.objects.filter(reference__in=[d.reference for d in demo.ROUTED]).count() == 6
     assert Delivery.objects.get(reference="ORD-10038").status == "delivered"
     assert not InboundEvent.objects.exclude(result="accepted").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--speed", "0"), "--speed must be positive"),
+        (("--interval", "-1"), "--interval not negative"),
+    ],
+)
+def test_simulate_refuses_nonsense_options_with_a_clear_error(args, message):
+    with pytest.raises(CommandError, match=message):
+        run("simulate", *args, "--once")
+
+
+def test_simulate_needs_a_secret_to_sign_with(settings):
+    settings.PORCHLIGHT_ROUTING_SECRETS = []
+    with pytest.raises(CommandError, match="No signing secret"):
+        run("simulate", "--once")

@@ -79,12 +79,14 @@ class Simulator:
 
     def run(self, *, ticks: int | None, wait: float | None) -> Stats:
         self.wait_for_server(wait)
-        started = time.monotonic()
+        next_tick = time.monotonic()
         while ticks is None or self.stats.ticks < ticks:
             self.tick()
             if self.pace:
-                # On a fixed schedule, so slow requests do not make the day drift.
-                time.sleep(max(0.0, started + self.stats.ticks * self.interval - time.monotonic()))
+                # On a fixed schedule, so slow requests do not make the day drift; but after an
+                # outage, carry on from now rather than fire the missed ticks in a burst.
+                next_tick = max(next_tick + self.interval, time.monotonic())
+                time.sleep(max(0.0, next_tick - time.monotonic()))
         return self.stats
 
     def wait_for_server(self, wait: float | None) -> None:
@@ -223,6 +225,8 @@ class Simulator:
         try:
             results = response.json()["results"]
         except (ValueError, KeyError, TypeError):
+            results = None
+        if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
             self.stats.failed += 1
             self.problem("a 200 without results; retrying")
             return
