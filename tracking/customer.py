@@ -82,7 +82,7 @@ def delivery_timeline(*, delivery: Delivery) -> list[TimelineEntry]:
     entries = [
         TimelineEntry(occurred_at=at, status=status, label=str(labels[status]))
         for at, status in rows
-        if status in labels
+        if at is not None and status in labels
     ]
     entries.reverse()
     return entries

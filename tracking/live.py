@@ -100,7 +100,9 @@ def shows_position(delivery: Delivery) -> bool:
 def delivery_state(delivery: Delivery) -> dict[str, Any]:
     """The group message for one delivery's viewers (also what a socket gets on connect)."""
     live = shows_position(delivery)
-    location = location_message(delivery.driver) if live and delivery.driver else None
+    driver = delivery.driver if live else None
+    location = location_message(driver) if driver else None
+    position_at = driver.position_recorded_at if driver and location else None
     texts: dict[str, list[str]] = {}
     for code, _ in settings.LANGUAGES:
         with translation.override(code):
@@ -111,9 +113,7 @@ def delivery_state(delivery: Delivery) -> dict[str, Any]:
         "location": json.dumps(location) if location else None,
         "live": live,
         "driver": delivery.driver_id if live else None,
-        "position_ts": delivery.driver.position_recorded_at.timestamp()
-        if location and delivery.driver
-        else None,
+        "position_ts": position_at.timestamp() if position_at else None,
     }
 
 

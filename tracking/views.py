@@ -8,6 +8,7 @@ Pages are answered with 304 when nothing they show has changed (ETag over the ro
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -32,14 +33,16 @@ from tracking.customer import (
     can_leave_feedback,
     delivery_for_token,
     delivery_language,
+    delivery_leave_feedback,
     delivery_proof,
     delivery_timeline,
     delivery_update_instructions,
-    delivery_leave_feedback,
     delivery_zone,
     mask_codes,
 )
 from tracking.models import Delivery, DeliveryProof, Status
+
+logger = logging.getLogger(__name__)
 
 # T2: a client that misses this many tokens within the window is refused (429) for the rest of
 # it. Counted in the shared cache (Redis in production), so several processes share one count.
@@ -100,7 +103,7 @@ def _count_miss(request: HttpRequest) -> None:
         cache.add(key, 0, MISS_WINDOW)
         cache.incr(key)
     except Exception:
-        pass
+        logger.warning("could not count a tracking miss", exc_info=True)
 
 
 def _refused(request: HttpRequest, *, throttled: bool = False) -> HttpResponse:

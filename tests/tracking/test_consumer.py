@@ -89,7 +89,9 @@ def ping(driver: str, minutes: float, lat: float = 27.512345, lon: float = -99.4
     return {"id": f"ws_{next(_ids)}", "type": "driver.location", "occurred_at": _at(minutes), "data": data}
 
 
-async def open_socket(token: str, *, origin: tuple[bytes, bytes] | None = ORIGIN, lang: str = "en") -> tuple[WebsocketCommunicator, bool]:
+async def open_socket(
+    token: str, *, origin: tuple[bytes, bytes] | None = ORIGIN, lang: str = "en"
+) -> tuple[WebsocketCommunicator, bool]:
     headers = [origin] if origin else []
     communicator = WebsocketCommunicator(application, f"/ws/t/{token}/?lang={lang}", headers=headers)
     connected, _ = await communicator.connect(timeout=5)
@@ -106,18 +108,31 @@ async def messages(communicator: WebsocketCommunicator, *, quiet: float = 0.3) -
 
 
 async def new_delivery(intake: Any, reference: str, *, driver: str, stops_before: int) -> Delivery:
-    await intake(upsert_event(reference), status(reference, "out_for_delivery", -10, driver), eta(reference, -9, stops_before))
+    await intake(
+        upsert_event(reference),
+        status(reference, "out_for_delivery", -10, driver),
+        eta(reference, -9, stops_before),
+    )
     return await Delivery.objects.aget(reference=reference)
 
 
 def test_unknown_malformed_revoked_and_expired_tokens_are_refused_before_accept(intake: Any) -> None:
     async def scenario() -> None:
-        await intake(upsert_event("ORD-WS-R1"), upsert_event("ORD-WS-R2"), status("ORD-WS-R2", "delivered", -1))
+        await intake(
+            upsert_event("ORD-WS-R1"), upsert_event("ORD-WS-R2"), status("ORD-WS-R2", "delivered", -1)
+        )
         revoked = await Delivery.objects.aget(reference="ORD-WS-R1")
         await Delivery.objects.filter(pk=revoked.pk).aupdate(token_revoked_at=timezone.now())
         expired = await Delivery.objects.aget(reference="ORD-WS-R2")
         await Delivery.objects.filter(pk=expired.pk).aupdate(status_at=timezone.now() - timedelta(days=8))
-        for token in ("A" * 32, "short", "<script>", "x" * 99, revoked.tracking_token, expired.tracking_token):
+        for token in (
+            "A" * 32,
+            "short",
+            "<script>",
+            "x" * 99,
+            revoked.tracking_token,
+            expired.tracking_token,
+        ):
             communicator, connected = await open_socket(token)
             assert not connected, token
             await communicator.disconnect()
@@ -213,9 +228,13 @@ def test_a_late_ping_never_reaches_the_page(intake: Any) -> None:
     run(scenario)
 
 
-def test_one_ping_reaches_every_eligible_viewer_through_one_group_message(intake: Any, monkeypatch: Any) -> None:
+def test_one_ping_reaches_every_eligible_viewer_through_one_group_message(
+    intake: Any, monkeypatch: Any
+) -> None:
     async def scenario() -> None:
-        close = [await new_delivery(intake, f"ORD-WS-P{n}", driver="drv_ws_p", stops_before=n) for n in range(3)]
+        close = [
+            await new_delivery(intake, f"ORD-WS-P{n}", driver="drv_ws_p", stops_before=n) for n in range(3)
+        ]
         far = await new_delivery(intake, "ORD-WS-P9", driver="drv_ws_p", stops_before=9)
         sockets = [(await open_socket(d.tracking_token))[0] for d in [*close, *close, far]]
         for communicator in sockets:
@@ -280,7 +299,7 @@ def test_too_many_sockets_on_one_token_are_refused(intake: Any) -> None:
             communicator, connected = await open_socket(delivery.tracking_token)
             assert connected
             opened.append(communicator)
-        extra, connected = await open_socket(delivery.tracking_token)
+        _, connected = await open_socket(delivery.tracking_token)
         assert not connected
         await opened.pop().disconnect()
         again, connected = await open_socket(delivery.tracking_token)

@@ -32,9 +32,9 @@ from tracking.models import Delivery
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-
-
-def test_the_intake_answers_when_the_channel_layer_is_unreachable(post_events: Any, settings: Any, caplog: Any) -> None:
+def test_the_intake_answers_when_the_channel_layer_is_unreachable(
+    post_events: Any, settings: Any, caplog: Any
+) -> None:
     settings.CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
@@ -43,7 +43,9 @@ def test_the_intake_answers_when_the_channel_layer_is_unreachable(post_events: A
     }
     channel_layers.backends.clear()
     started = time.monotonic()
-    response = post_events({"events": [upsert_event("ORD-LIVE-DOWN"), status("ORD-LIVE-DOWN", "scheduled", -1)]})
+    response = post_events(
+        {"events": [upsert_event("ORD-LIVE-DOWN"), status("ORD-LIVE-DOWN", "scheduled", -1)]}
+    )
     elapsed = time.monotonic() - started
     assert response.status_code == 200
     assert [r["result"] for r in response.json()["results"]] == ["accepted", "accepted"]
@@ -111,8 +113,16 @@ def _receive(socket: Any, *, want: str, timeout: float = 5.0) -> dict[str, Any]:
 def test_an_event_posted_to_one_daphne_reaches_a_viewer_on_another() -> None:
     from websockets.sync.client import connect
 
-    with daphne(CHANNEL_LAYER_PREFIX=SESSION_PREFIX) as one, daphne(CHANNEL_LAYER_PREFIX=SESSION_PREFIX) as two:
-        _post(one, upsert_event("ORD-LIVE-2D"), status("ORD-LIVE-2D", "out_for_delivery", -5, "drv_2d"), eta("ORD-LIVE-2D", -4, 1))
+    with (
+        daphne(CHANNEL_LAYER_PREFIX=SESSION_PREFIX) as one,
+        daphne(CHANNEL_LAYER_PREFIX=SESSION_PREFIX) as two,
+    ):
+        _post(
+            one,
+            upsert_event("ORD-LIVE-2D"),
+            status("ORD-LIVE-2D", "out_for_delivery", -5, "drv_2d"),
+            eta("ORD-LIVE-2D", -4, 1),
+        )
         token = Delivery.objects.get(reference="ORD-LIVE-2D").tracking_token
         ws_url = two.replace("http://", "ws://") + f"/ws/t/{token}/"
         with connect(ws_url, origin=two) as viewer:  # type: ignore[arg-type]

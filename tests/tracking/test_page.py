@@ -45,7 +45,9 @@ def make_delivery(**overrides: Any) -> Delivery:
     return Delivery.objects.create(**values)
 
 
-def on_the_way(*, stops_before: int | None = 1, status: str = "out_for_delivery", **overrides: Any) -> Delivery:
+def on_the_way(
+    *, stops_before: int | None = 1, status: str = "out_for_delivery", **overrides: Any
+) -> Delivery:
     overrides.setdefault("eta", timezone.now() + timedelta(minutes=25))
     return make_delivery(status=status, driver=make_driver(), stops_before=stops_before, **overrides)
 
@@ -67,7 +69,9 @@ def upsert_event(reference: str, **data: Any) -> dict[str, Any]:
     """A signed-intake `delivery.upserted` event (contract section 1) with valid defaults."""
     body: dict[str, Any] = {
         "reference": reference,
-        "customer": {"name": "Ana García", "phone": "+19565550123", "email": "ana@example.com", "locale": "en"},
+        "customer": {
+            "name": "Ana García", "phone": "+19565550123", "email": "ana@example.com", "locale": "en",
+        },
         "address": {
             "line1": "1201 Matamoros St", "line2": "Apt 4B", "city": "Laredo", "postcode": "78040",
             "country": "US", "lat": 27.5036, "lon": -99.5075,
@@ -76,7 +80,12 @@ def upsert_event(reference: str, **data: Any) -> dict[str, Any]:
         "zone": "laredo-central",
         **data,
     }  # fmt: skip
-    return {"id": f"up_{reference}_{next(_numbers)}", "type": "delivery.upserted", "occurred_at": _at(0), "data": body}
+    return {
+        "id": f"up_{reference}_{next(_numbers)}",
+        "type": "delivery.upserted",
+        "occurred_at": _at(0),
+        "data": body,
+    }
 
 
 def status_events(reference: str, count: int) -> list[dict[str, Any]]:
@@ -93,7 +102,9 @@ def status_events(reference: str, count: int) -> list[dict[str, Any]]:
 
 
 def _at(minutes: float) -> str:
-    return (timezone.now().replace(microsecond=0) - timedelta(hours=2) + timedelta(minutes=minutes)).isoformat()
+    return (
+        timezone.now().replace(microsecond=0) - timedelta(hours=2) + timedelta(minutes=minutes)
+    ).isoformat()
 
 
 @pytest.fixture(autouse=True)
@@ -206,7 +217,9 @@ def test_after_delivery_the_map_and_position_are_gone_and_the_proof_is_shown(cli
     assert live_state(html)["data-driver-lat"] == ""
     assert "Received by Neighbour" in html and "Left with neighbour" in html
     photo = client.get(page_url(delivery, "proof/photo/"))
-    assert photo.status_code == 200 and photo["Content-Type"] == "image/png" and photo.content == b"\x89PNG fake"
+    assert (
+        photo.status_code == 200 and photo["Content-Type"] == "image/png" and photo.content == b"\x89PNG fake"
+    )
     assert client.get(f"/t/{'z' * 32}/proof/photo/").status_code == 404
 
 
@@ -230,7 +243,9 @@ def test_customer_and_sender_text_is_escaped_everywhere(client: Client) -> None:
     assert "<script>alert" not in html and "<img src=x" not in html
     assert "&lt;script&gt;" in html
     delivered = make_delivery(status="delivered")
-    DeliveryProof.objects.create(delivery=delivered, recipient_name=script, note=script, occurred_at=timezone.now())
+    DeliveryProof.objects.create(
+        delivery=delivered, recipient_name=script, note=script, occurred_at=timezone.now()
+    )
     html = client.get(page_url(delivered)).content.decode()
     assert "<script>alert" not in html and "<img src=x" not in html
 
@@ -238,7 +253,10 @@ def test_customer_and_sender_text_is_escaped_everywhere(client: Client) -> None:
 def test_the_timeline_costs_the_same_queries_whatever_its_length(client: Client, post_events: Any) -> None:
     counts = []
     for reference, changes in (("ORD-SHORT", 2), ("ORD-LONG", 40)):
-        assert post_events({"events": [upsert_event(reference), *status_events(reference, changes)]}).status_code == 200
+        assert (
+            post_events({"events": [upsert_event(reference), *status_events(reference, changes)]}).status_code
+            == 200
+        )
         delivery = Delivery.objects.get(reference=reference)
         cache.clear()
         with CaptureQueriesContext(connection) as queries:
@@ -270,7 +288,11 @@ def test_reading_the_page_changes_nothing(client: Client) -> None:
 
 def test_every_tracking_response_carries_the_security_headers(client: Client) -> None:
     delivery = on_the_way()
-    for response in (client.get(page_url(delivery)), client.get(page_url(delivery, "state/")), client.get("/t/nope/")):
+    for response in (
+        client.get(page_url(delivery)),
+        client.get(page_url(delivery, "state/")),
+        client.get("/t/nope/"),
+    ):
         csp = response["Content-Security-Policy"]
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp
         assert "frame-ancestors 'none'" in csp

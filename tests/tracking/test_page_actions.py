@@ -28,7 +28,8 @@ def htmx(client: Client, url: str, data: dict[str, Any]) -> Any:
 def test_instructions_are_kept_and_sent_to_the_routing_backend_through_the_outbox(client: Client) -> None:
     delivery = on_the_way()
     response = client.post(
-        page_url(delivery, "instructions/"), {"instructions": "Ring twice", "safe_place": "Porch", "lang": "es"}
+        page_url(delivery, "instructions/"),
+        {"instructions": "Ring twice", "safe_place": "Porch", "lang": "es"},
     )
     assert response.status_code == 302
     assert response["Location"] == f"/t/{delivery.tracking_token}/?lang=es#instructions"
@@ -41,13 +42,17 @@ def test_instructions_are_kept_and_sent_to_the_routing_backend_through_the_outbo
 
 def test_an_empty_safe_place_is_sent_as_null(client: Client) -> None:
     delivery = make_delivery()
-    client.post(page_url(delivery, "instructions/"), {"instructions": "Leave at reception", "safe_place": "  "})
+    client.post(
+        page_url(delivery, "instructions/"), {"instructions": "Leave at reception", "safe_place": "  "}
+    )
     assert OutboundEvent.objects.get().data["safe_place"] is None
 
 
 def test_with_htmx_the_instructions_region_alone_comes_back(client: Client) -> None:
     delivery = make_delivery(locale="es")
-    response = htmx(client, page_url(delivery, "instructions/"), {"instructions": "Code 123456", "safe_place": ""})
+    response = htmx(
+        client, page_url(delivery, "instructions/"), {"instructions": "Code 123456", "safe_place": ""}
+    )
     html = response.content.decode()
     assert response.status_code == 200
     assert html.strip().startswith('<section id="instructions"') and "<html" not in html
@@ -57,14 +62,20 @@ def test_with_htmx_the_instructions_region_alone_comes_back(client: Client) -> N
 
 def test_oversized_or_hostile_instructions_are_refused_or_escaped(client: Client) -> None:
     delivery = make_delivery()
-    too_long = client.post(page_url(delivery, "instructions/"), {"instructions": "x" * 1001, "safe_place": ""})
+    too_long = client.post(
+        page_url(delivery, "instructions/"), {"instructions": "x" * 1001, "safe_place": ""}
+    )
     assert too_long.status_code == 400
-    too_long_place = htmx(client, page_url(delivery, "instructions/"), {"instructions": "", "safe_place": "y" * 201})
+    too_long_place = htmx(
+        client, page_url(delivery, "instructions/"), {"instructions": "", "safe_place": "y" * 201}
+    )
     assert too_long_place.status_code == 400
     assert OutboundEvent.objects.count() == 0
     nul = client.post(page_url(delivery, "instructions/"), {"instructions": "a\x00b", "safe_place": ""})
     assert nul.status_code == 400
-    hostile = client.post(page_url(delivery, "instructions/"), {"instructions": HOSTILE, "safe_place": HOSTILE[:150]})
+    hostile = client.post(
+        page_url(delivery, "instructions/"), {"instructions": HOSTILE, "safe_place": HOSTILE[:150]}
+    )
     assert hostile.status_code == 302
     html = client.get(page_url(delivery)).content.decode()
     assert "<script>alert" not in html and "<img src=x" not in html
