@@ -21,14 +21,20 @@ def at(minutes: float = 0) -> str:
     return (BASE_TIME + timedelta(minutes=minutes)).astimezone(UTC).isoformat()
 
 
-def event(type: str, data: dict[str, Any], *, id: str | None = None, occurred_at: str | None = None) -> dict[str, Any]:
+def event(
+    type: str, data: dict[str, Any], *, id: str | None = None, occurred_at: str | None = None
+) -> dict[str, Any]:
     return {"id": id or next_id(), "type": type, "occurred_at": occurred_at or at(), "data": data}
 
 
-def upserted(reference: str = "ORD-1", *, minutes: float = 0, id: str | None = None, **data: Any) -> dict[str, Any]:
+def upserted(
+    reference: str = "ORD-1", *, minutes: float = 0, id: str | None = None, **data: Any
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "reference": reference,
-        "customer": {"name": "Ana García", "phone": "+19565550123", "email": "ana@example.com", "locale": "es"},
+        "customer": {
+            "name": "Ana García", "phone": "+19565550123", "email": "ana@example.com", "locale": "es",
+        },
         "address": {
             "line1": "1201 Matamoros St", "city": "Laredo", "postcode": "78040", "country": "US",
             "lat": 27.5036, "lon": -99.5075,
@@ -43,21 +49,50 @@ def upserted(reference: str = "ORD-1", *, minutes: float = 0, id: str | None = N
 
 
 def status(
-    reference: str = "ORD-1", value: str = "out_for_delivery", *, minutes: float = 1, id: str | None = None, **data: Any
+    reference: str = "ORD-1",
+    value: str = "out_for_delivery",
+    *,
+    minutes: float = 1,
+    id: str | None = None,
+    **data: Any,
 ) -> dict[str, Any]:
-    return event("delivery.status", {"reference": reference, "status": value, **data}, id=id, occurred_at=at(minutes))
+    return event(
+        "delivery.status", {"reference": reference, "status": value, **data}, id=id, occurred_at=at(minutes)
+    )
 
 
-def eta(reference: str = "ORD-1", *, minutes: float = 2, eta_minutes: float = 90, id: str | None = None, **data: Any) -> dict[str, Any]:
-    return event("delivery.eta", {"reference": reference, "eta": at(eta_minutes), **data}, id=id, occurred_at=at(minutes))
+def eta(
+    reference: str = "ORD-1",
+    *,
+    minutes: float = 2,
+    eta_minutes: float = 90,
+    id: str | None = None,
+    **data: Any,
+) -> dict[str, Any]:
+    return event(
+        "delivery.eta",
+        {"reference": reference, "eta": at(eta_minutes), **data},
+        id=id,
+        occurred_at=at(minutes),
+    )
 
 
-def ping(driver_id: str = "drv_7", *, minutes: float = 3, lat: float = 27.53, lon: float = -99.48, id: str | None = None, **data: Any) -> dict[str, Any]:
+def ping(
+    driver_id: str = "drv_7",
+    *,
+    minutes: float = 3,
+    lat: float = 27.53,
+    lon: float = -99.48,
+    id: str | None = None,
+    **data: Any,
+) -> dict[str, Any]:
     body = {"driver_id": driver_id, "lat": lat, "lon": lon, "recorded_at": at(minutes), **data}
     return event("driver.location", body, id=id, occurred_at=at(minutes))
 
 
-def proof(reference: str = "ORD-1", *, minutes: float = 4, id: str | None = None, **data: Any) -> dict[str, Any]:
+def proof(
+    reference: str = "ORD-1", *, minutes: float = 4, id: str | None = None, **data: Any
+) -> dict[str, Any]:
     body = {"reference": reference, "recipient_name": "Ana", **data}
     if "photo" not in data and "photo_url" not in data:
         body["photo"] = data_url("PNG")

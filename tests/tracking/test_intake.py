@@ -1,5 +1,8 @@
 """`POST /api/v1/events` against every line of section 1 of the routing-events contract."""
 
+# The tables of cases read best one case per line.
+# ruff: noqa: E501
+
 from __future__ import annotations
 
 import base64
@@ -16,7 +19,6 @@ from tests.tracking.intake_events import (
     at,
     data_url,
     eta,
-    event,
     image_bytes,
     next_id,
     ping,
@@ -55,7 +57,11 @@ def post_raw(client: Client, raw: bytes, *, content_type: str = "application/jso
     # The test client drops the Content-Type of an empty body; a real sender would not.
     header = signing.sign(secret=settings.PORCHLIGHT_ROUTING_SECRETS[0], body=raw)
     return client.post(
-        "/api/v1/events", data=raw, content_type=content_type, headers={signing.HEADER: header}, CONTENT_TYPE=content_type
+        "/api/v1/events",
+        data=raw,
+        content_type=content_type,
+        headers={signing.HEADER: header},
+        CONTENT_TYPE=content_type,
     )
 
 
@@ -151,7 +157,9 @@ def test_a_body_of_exactly_1_mib_is_read(client):
 
 
 def test_a_declared_length_over_1_mib_is_413_without_reading_the_body(client):
-    response = client.post("/api/v1/events", data=b"{}", content_type="application/json", CONTENT_LENGTH=str(MIB + 1))
+    response = client.post(
+        "/api/v1/events", data=b"{}", content_type="application/json", CONTENT_LENGTH=str(MIB + 1)
+    )
     assert (response.status_code, response.json()) == (413, TOO_LARGE)
 
 
@@ -192,7 +200,10 @@ def test_a_wrong_signature_is_401_invalid_signature(post_events):
 
 def test_a_malformed_signature_is_401_invalid_signature(client):
     response = client.post(
-        "/api/v1/events", data=json.dumps(upserted()), content_type="application/json", headers={signing.HEADER: "v1=zz"}
+        "/api/v1/events",
+        data=json.dumps(upserted()),
+        content_type="application/json",
+        headers={signing.HEADER: "v1=zz"},
     )
     assert response.status_code == 401 and response.json()["error"] == "invalid_signature"
     assert set(response.json()) == {"error", "detail"}
@@ -222,7 +233,9 @@ def test_replay_window(client, monkeypatch):
 
     def replay(after: int) -> Any:
         monkeypatch.setattr(signing.time, "time", lambda: captured_at + after)
-        return client.post("/api/v1/events", data=raw, content_type="application/json", headers={signing.HEADER: header})
+        return client.post(
+            "/api/v1/events", data=raw, content_type="application/json", headers={signing.HEADER: header}
+        )
 
     assert [r["result"] for r in results_of(replay(0))] == ["accepted", "accepted"]
     rows, state = InboundEvent.objects.count(), Delivery.objects.values().get()
@@ -241,16 +254,24 @@ def test_secret_rotation_overlap(client, settings):
     def send(n: int, signed_with: str) -> Any:
         raw = json.dumps(upserted(f"ORD-W4-{n}", id=f"evt_w4_{n}")).encode()
         t = int(time.time())
-        secrets = {"old": ["old-secret"], "new": ["new-secret"], "both": ["old-secret", "new-secret"]}[signed_with]
-        header = f"t={t}," + ",".join(f"v1={signing.compute(secret=s, timestamp=t, body=raw)}" for s in secrets)
-        return client.post("/api/v1/events", data=raw, content_type="application/json", headers={signing.HEADER: header})
+        secrets = {"old": ["old-secret"], "new": ["new-secret"], "both": ["old-secret", "new-secret"]}[
+            signed_with
+        ]
+        header = f"t={t}," + ",".join(
+            f"v1={signing.compute(secret=s, timestamp=t, body=raw)}" for s in secrets
+        )
+        return client.post(
+            "/api/v1/events", data=raw, content_type="application/json", headers={signing.HEADER: header}
+        )
 
     kinds = ("old", "new", "both")
     during = [send(n, kinds[n % 3]) for n in range(500)]
     assert [r.status_code for r in during] == [200] * 500
     assert sum(r.json()["results"][0]["result"] == "accepted" for r in during) == 500
     settings.PORCHLIGHT_ROUTING_SECRETS = ["new-secret"]
-    after = {kind: [send(n, kind).status_code for n in range(500 + i, 800, 3)] for i, kind in enumerate(kinds)}
+    after = {
+        kind: [send(n, kind).status_code for n in range(500 + i, 800, 3)] for i, kind in enumerate(kinds)
+    }
     assert set(after["old"]) == {401} and len(after["old"]) == 100
     assert set(after["new"]) == {200} and set(after["both"]) == {200}
     assert Delivery.objects.count() == 500 + len(after["new"]) + len(after["both"])
@@ -263,7 +284,11 @@ def test_an_upsert_result_carries_the_absolute_tracking_url(post_events, setting
     settings.PORCHLIGHT_PUBLIC_URL = "https://track.example.com"
     result = one(post_events, upserted("ORD-URL", id="evt_url"))
     delivery = Delivery.objects.get(reference="ORD-URL")
-    assert result == {"id": "evt_url", "result": "accepted", "tracking_url": f"https://track.example.com/t/{delivery.tracking_token}/"}
+    assert result == {
+        "id": "evt_url",
+        "result": "accepted",
+        "tracking_url": f"https://track.example.com/t/{delivery.tracking_token}/",
+    }
     token = result["tracking_url"].rstrip("/").rsplit("/", 1)[1]
     assert len(token) >= 22 and "ORD" not in token
     assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -284,16 +309,28 @@ def test_a_stale_upsert_carries_the_tracking_url(post_events):
 def test_an_id_reused_with_a_different_body_is_a_duplicate_and_changes_nothing(post_events):
     first = one(post_events, upserted("ORD-R1", id="evt_reuse", minutes=1))
     before = Delivery.objects.values().get()
-    other = upserted("ORD-R2", id="evt_reuse", minutes=50, customer={"name": "Eve", "email": "eve@example.com"})
-    assert one(post_events, other) == {"id": "evt_reuse", "result": "duplicate", "tracking_url": first["tracking_url"]}
-    assert one(post_events, status("ORD-R1", "delivered", id="evt_reuse")) == {"id": "evt_reuse", "result": "duplicate"}
+    other = upserted(
+        "ORD-R2", id="evt_reuse", minutes=50, customer={"name": "Eve", "email": "eve@example.com"}
+    )
+    assert one(post_events, other) == {
+        "id": "evt_reuse",
+        "result": "duplicate",
+        "tracking_url": first["tracking_url"],
+    }
+    assert one(post_events, status("ORD-R1", "delivered", id="evt_reuse")) == {
+        "id": "evt_reuse",
+        "result": "duplicate",
+    }
     assert Delivery.objects.values().get() == before
     assert InboundEvent.objects.count() == 1
 
 
 def test_an_invalid_body_under_an_id_already_received_is_a_duplicate(post_events):
     one(post_events, upserted("ORD-R3", id="evt_known"))
-    assert one(post_events, {"id": "evt_known", "type": "nonsense"}) == {"id": "evt_known", "result": "duplicate"}
+    assert one(post_events, {"id": "evt_known", "type": "nonsense"}) == {
+        "id": "evt_known",
+        "result": "duplicate",
+    }
     assert InboundEvent.objects.count() == 1
 
 
@@ -304,7 +341,10 @@ def test_a_rejected_event_can_be_sent_again_corrected_under_the_same_id(post_eve
 
 
 def test_duplicate_ids_inside_one_batch_are_applied_once(post_events):
-    items = [status("ORD-D", "scheduled", id="evt_same", minutes=1), status("ORD-D", "delivered", id="evt_same", minutes=9)]
+    items = [
+        status("ORD-D", "scheduled", id="evt_same", minutes=1),
+        status("ORD-D", "delivered", id="evt_same", minutes=9),
+    ]
     items.insert(0, upserted("ORD-D"))
     results = results_of(post_events({"events": items}))
     assert [r["result"] for r in results] == ["accepted", "accepted", "duplicate"]
@@ -434,7 +474,9 @@ BAD_EVENTS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("make", "path"), [(make, path) for _, make, path in BAD_EVENTS], ids=[n for n, _, _ in BAD_EVENTS])
+@pytest.mark.parametrize(
+    ("make", "path"), [(make, path) for _, make, path in BAD_EVENTS], ids=[n for n, _, _ in BAD_EVENTS]
+)
 def test_a_bad_event_is_rejected_with_its_field_and_the_good_one_beside_it_is_applied(client, make, path):
     bad = make()
     good = upserted("ORD-GOOD", id=next_id("good"))
@@ -455,7 +497,15 @@ def test_a_batch_mixing_good_and_bad_events_applies_every_good_one(post_events):
         {"id": "mix-bad"}, eta("ORD-MIX", stops_before=2), ping(lat=123), ping(minutes=9),
     ]  # fmt: skip
     results = results_of(post_events({"events": items}))
-    assert [r["result"] for r in results] == ["accepted", "rejected", "accepted", "rejected", "accepted", "rejected", "accepted"]
+    assert [r["result"] for r in results] == [
+        "accepted",
+        "rejected",
+        "accepted",
+        "rejected",
+        "accepted",
+        "rejected",
+        "accepted",
+    ]
     delivery = Delivery.objects.get()
     assert (delivery.status, delivery.stops_before) == ("arriving", 2)
     assert LocationPing.objects.count() == 1
@@ -489,8 +539,14 @@ def _text(length: int) -> str:
 
 
 @pytest.mark.parametrize(("make", "path", "limit", "stored"), TEXT_FIELDS, ids=[f[1] for f in TEXT_FIELDS])
-def test_unicode_text_up_to_the_limit_is_kept_exactly_and_longer_is_rejected(post_events, make, path, limit, stored):
-    setup = [] if path.startswith("data.reference") or make()["type"] == "driver.location" else [upserted("ORD-T")]
+def test_unicode_text_up_to_the_limit_is_kept_exactly_and_longer_is_rejected(
+    post_events, make, path, limit, stored
+):
+    setup = (
+        []
+        if path.startswith("data.reference") or make()["type"] == "driver.location"
+        else [upserted("ORD-T")]
+    )
     value = _text(limit)
     item = _with(make(), path, value)
     reference = value if path == "data.reference" else "ORD-T"
@@ -514,7 +570,10 @@ def test_the_newest_status_wins_and_an_older_one_arriving_late_is_stale(post_eve
     delivery = Delivery.objects.get()
     assert delivery.status == "arriving"
     history = InboundEvent.objects.filter(delivery=delivery, type="delivery.status").order_by("occurred_at")
-    assert [(e.payload["data"]["status"], e.result) for e in history] == [("out_for_delivery", "stale"), ("arriving", "accepted")]
+    assert [(e.payload["data"]["status"], e.result) for e in history] == [
+        ("out_for_delivery", "stale"),
+        ("arriving", "accepted"),
+    ]
 
 
 def test_a_tie_on_occurred_at_goes_to_the_later_received_request(post_events):
@@ -525,7 +584,11 @@ def test_a_tie_on_occurred_at_goes_to_the_later_received_request(post_events):
 
 
 def test_a_tie_inside_one_batch_goes_to_the_later_event(post_events):
-    items = [upserted("ORD-TB"), status("ORD-TB", "arriving", minutes=10), status("ORD-TB", "delivered", minutes=10)]
+    items = [
+        upserted("ORD-TB"),
+        status("ORD-TB", "arriving", minutes=10),
+        status("ORD-TB", "delivered", minutes=10),
+    ]
     assert [r["result"] for r in results_of(post_events({"events": items}))] == ["accepted"] * 3
     assert Delivery.objects.get().status == "delivered"
 
@@ -541,7 +604,12 @@ PAIRS = [
 
 def _assert_newest_kept() -> None:
     delivery = Delivery.objects.get()
-    assert (delivery.zone_code, delivery.status, delivery.stops_before, delivery.proof.note) == ("new", "arriving", 1, "new")
+    assert (delivery.zone_code, delivery.status, delivery.stops_before, delivery.proof.note) == (
+        "new",
+        "arriving",
+        1,
+        "new",
+    )
     assert delivery.eta.isoformat() == at(95)
 
 
@@ -559,7 +627,9 @@ def test_out_of_order_pairs_inside_one_batch_are_applied_in_occurred_at_order(po
     apply and the newest is what stays."""
     one(post_events, upserted("ORD-O", minutes=0))
     for newer, older in PAIRS:
-        assert [r["result"] for r in results_of(post_events({"events": [newer(), older()]}))] == ["accepted"] * 2
+        assert [r["result"] for r in results_of(post_events({"events": [newer(), older()]}))] == [
+            "accepted"
+        ] * 2
     _assert_newest_kept()
 
 
@@ -607,7 +677,9 @@ def test_pending_and_upsert_in_the_same_batch_are_applied_in_occurred_at_order(p
 
 def test_pending_from_an_earlier_request_and_new_events_merge_in_occurred_at_order(post_events):
     one(post_events, status("ORD-PM", "arriving", minutes=30))
-    results = results_of(post_events({"events": [upserted("ORD-PM"), status("ORD-PM", "out_for_delivery", minutes=20)]}))
+    results = results_of(
+        post_events({"events": [upserted("ORD-PM"), status("ORD-PM", "out_for_delivery", minutes=20)]})
+    )
     # The pending "arriving" (30) is applied after this batch's "out_for_delivery" (20).
     assert [r["result"] for r in results] == ["accepted", "accepted"]
     assert Delivery.objects.get().status == "arriving"

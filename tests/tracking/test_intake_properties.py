@@ -22,7 +22,11 @@ pytestmark = pytest.mark.django_db
 
 FIXTURE_SETTINGS = settings(
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
     database=None,  # fresh examples each run; the suite is reproducible through the seed it prints
 )
 _run = itertools.count()
@@ -43,7 +47,10 @@ def lifecycle_deliveries(draw: st.DrawFn) -> tuple[str, list[list[dict[str, Any]
     """One delivery's upsert and lifecycle, permuted, with duplicates, cut into requests."""
     reference = _fresh("W5")
     events = [upserted(reference, id=f"{reference}-up", minutes=0)]
-    events += [status(reference, value, minutes=10 * (i + 1), id=f"{reference}-{value}") for i, value in enumerate(LIFECYCLE)]
+    events += [
+        status(reference, value, minutes=10 * (i + 1), id=f"{reference}-{value}")
+        for i, value in enumerate(LIFECYCLE)
+    ]
     repeats = draw(st.lists(st.sampled_from(events), max_size=8))
     order = draw(st.permutations(events + repeats))
     cuts = sorted(draw(st.sets(st.integers(1, len(order) - 1), max_size=4)))
@@ -53,7 +60,9 @@ def lifecycle_deliveries(draw: st.DrawFn) -> tuple[str, list[list[dict[str, Any]
 
 @settings(FIXTURE_SETTINGS, max_examples=200 * SCALE)
 @given(case=lifecycle_deliveries())
-def test_out_of_order_and_duplicate_status_events_end_at_the_lifecycle_maximum(post_events, monkeypatch, case):
+def test_out_of_order_and_duplicate_status_events_end_at_the_lifecycle_maximum(
+    post_events, monkeypatch, case
+):
     reference, requests = case
     changes: list[Any] = []
 
@@ -83,22 +92,31 @@ def test_out_of_order_and_duplicate_status_events_end_at_the_lifecycle_maximum(p
     moved = [c.event.values["status"] for c in status_changes]
     assert moved == sorted(moved, key=rank.__getitem__)
     assert len({c.event.id for c in status_changes}) == len(status_changes) <= len(LIFECYCLE)
-    final = dict(InboundEvent.objects.filter(reference=reference, type="delivery.status").values_list("event_id", "result"))
+    final = dict(
+        InboundEvent.objects.filter(reference=reference, type="delivery.status").values_list(
+            "event_id", "result"
+        )
+    )
     assert {c.event.id for c in status_changes} == {i for i, result in final.items() if result == "accepted"}
     assert {r["result"] for r in results} <= {"accepted", "stale", "duplicate", "pending"}
 
 
 # --- W7-style fuzz ------------------------------------------------------------------------
 
-any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=40)  # NUL and lone surrogates too
+any_text = st.text(
+    st.characters(codec=None, exclude_categories=()), max_size=40
+)  # NUL and lone surrogates too
 json_scalars = (
     st.none() | st.booleans() | st.integers() | st.integers(min_value=-(10**500), max_value=10**500)
     | st.floats(allow_nan=False, allow_infinity=False) | any_text
-    | st.sampled_from(["", "2026-11-21T10:00:00", "2026-11-21T10:00:00Z", "9999-12-31T23:59:59-23:59", "delivered",
+    | st.sampled_from(["", "2026-11-21T10:00:00", "2026-11-21T10:00:00Z", "9999-12-31T23:59:59-23:59",
+                       "delivered",
                        "data:image/png;base64,AAAA", "https://example.com/x.png", "+19565550123", "a@b.co"])
 )  # fmt: skip
 json_values = st.recursive(
-    json_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4), max_leaves=12
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4),
+    max_leaves=12,
 )
 
 
@@ -126,7 +144,10 @@ def _assert_well_formed(response: Any, count: int | None = None) -> list[dict[st
 
 
 @settings(FIXTURE_SETTINGS, max_examples=250 * SCALE)
-@given(document=json_values | st.dictionaries(st.sampled_from(["id", "type", "occurred_at", "data", "events"]), json_values))
+@given(
+    document=json_values
+    | st.dictionaries(st.sampled_from(["id", "type", "occurred_at", "data", "events"]), json_values)
+)
 def test_random_json_bodies_never_give_a_5xx(client, document):
     _assert_well_formed(_post_json(client, document))
 
