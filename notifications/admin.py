@@ -10,7 +10,16 @@ from notifications.models import Consent, InboundMessage, Notification, Provider
 
 @admin.register(Notification)
 class NotificationAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "kind", "channel", "recipient", "status", "attempts", "error_code", "next_attempt_at")
+    list_display = (
+        "created_at",
+        "kind",
+        "channel",
+        "recipient",
+        "status",
+        "attempts",
+        "error_code",
+        "next_attempt_at",
+    )
     # "dead" is the list staff watch: messages that kept failing until we gave up.
     list_filter = ("status", "channel", "kind", "language")
     search_fields = ("recipient", "dedupe_key", "provider_id", "delivery__reference")

@@ -42,7 +42,7 @@ REPLIES = {
 }
 
 # How far up a message's status may move; it never moves down (delivered, then a late "sent").
-RANK = {
+RANK: dict[str, int] = {
     Status.QUEUED: 0, Status.SENDING: 1, Status.SENT: 2, Status.DELIVERED: 3, Status.UNDELIVERED: 3,
     Status.FAILED: 3, Status.DEAD: 3, Status.SKIPPED: 3, Status.BOUNCED: 4, Status.COMPLAINED: 4,
 }  # fmt: skip
@@ -78,7 +78,15 @@ def sms_inbound_handle(*, sender: str, body: str, provider_id: str) -> Reply | N
     """A text from a customer: keywords change consent; free text waits for staff."""
     number = phone_normalize(sender) or sender.strip()[:40]
     keyword = keyword_of(body)
-    action = "opt_out" if keyword in OPT_OUT else "opt_in" if keyword in OPT_IN else "help" if keyword in HELP else "review"
+    action = (
+        "opt_out"
+        if keyword in OPT_OUT
+        else "opt_in"
+        if keyword in OPT_IN
+        else "help"
+        if keyword in HELP
+        else "review"
+    )
     try:
         with transaction.atomic():
             InboundMessage.objects.create(
@@ -97,12 +105,23 @@ def sms_inbound_handle(*, sender: str, body: str, provider_id: str) -> Reply | N
 
 
 def _language_of(number: str) -> str:
-    latest = Notification.objects.filter(recipient=number).order_by("-pk").values_list("language", flat=True).first()
+    latest = (
+        Notification.objects.filter(recipient=number)
+        .order_by("-pk")
+        .values_list("language", flat=True)
+        .first()
+    )
     return latest if latest in REPLIES else "en"
 
 
 def sms_status_record(
-    *, key: str, notification_id: int | None, provider_id: str, status: str, error_code: str, payload: dict[str, Any]
+    *,
+    key: str,
+    notification_id: int | None,
+    provider_id: str,
+    status: str,
+    error_code: str,
+    payload: dict[str, Any],
 ) -> None:
     """A Twilio status callback. Unknown messages are kept and otherwise ignored."""
     new_status = TWILIO_STATUSES.get(status)
@@ -118,7 +137,13 @@ def sms_status_record(
 
 
 def email_event_record(
-    *, key: str, notification_id: int | None, provider_id: str, event_type: str, recipient: str, payload: dict[str, Any]
+    *,
+    key: str,
+    notification_id: int | None,
+    provider_id: str,
+    event_type: str,
+    recipient: str,
+    payload: dict[str, Any],
 ) -> None:
     """An ESP tracking event (through anymail). Bounces, complaints and unsubscribes suppress the address."""
     with transaction.atomic():
@@ -134,7 +159,11 @@ def email_event_record(
 
 
 def _find(channel: str, notification_id: int | None, provider_id: str) -> Notification | None:
-    rows = Notification.objects.select_for_update(of=("self",)).select_related("delivery").filter(channel=channel)
+    rows = (
+        Notification.objects.select_for_update(of=("self",))
+        .select_related("delivery")
+        .filter(channel=channel)
+    )
     if notification_id is not None:
         row = rows.filter(pk=notification_id).first()
         # The id in the callback URL is ours; the provider id must agree once we know it.

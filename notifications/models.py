@@ -41,9 +41,7 @@ SMS_FALLBACK_STATUSES = frozenset({Status.UNDELIVERED, Status.FAILED, Status.DEA
 
 
 class Notification(models.Model):
-    delivery = models.ForeignKey(
-        "tracking.Delivery", on_delete=models.CASCADE, related_name="notifications"
-    )
+    delivery = models.ForeignKey("tracking.Delivery", on_delete=models.CASCADE, related_name="notifications")
     channel = models.CharField(max_length=8, choices=Channel.choices)
     kind = models.CharField(max_length=24, choices=Kind.choices)
     language = models.CharField(max_length=8, default="en")
@@ -98,9 +96,7 @@ class Consent(models.Model):
     changed_at = models.DateTimeField()
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["channel", "address"], name="consent_one_per_address")
-        ]
+        constraints = [models.UniqueConstraint(fields=["channel", "address"], name="consent_one_per_address")]
 
     def __str__(self) -> str:
         return f"{self.address}: {'opted out' if self.opted_out else 'subscribed'}"
@@ -116,6 +112,9 @@ class Preference(models.Model):
     email = models.BooleanField(default=True)
     language = models.CharField(max_length=8, blank=True, help_text="empty: the delivery's locale")
     updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"preferences of {self.delivery_id}"
 
 
 class InboundMessage(models.Model):
@@ -135,6 +134,9 @@ class InboundMessage(models.Model):
             )
         ]
 
+    def __str__(self) -> str:
+        return f"{self.sender}: {self.body[:40]}"
+
 
 class ProviderEvent(models.Model):
     """A status callback or tracking event, kept once per provider idempotency key."""
@@ -148,3 +150,6 @@ class ProviderEvent(models.Model):
     error_code = models.CharField(max_length=32, blank=True)
     payload = models.JSONField(default=dict)
     received_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.status} {self.key}"

@@ -27,11 +27,9 @@ from notifications.models import (
     SMS_FALLBACK_STATUSES,
     Channel,
     Consent,
-    InboundMessage,
     Kind,
     Notification,
     Preference,
-    ProviderEvent,
     Status,
 )
 from notifications.transports import TransportError, transport_for
@@ -119,6 +117,9 @@ def _new_row(
     language = render.language_for(delivery)
     text = render.render(delivery, kind=kind, channel=channel, language=language, extra=context)
     wake = _quiet_until(kind, channel, delivery, now)
+    if wake:
+        # Said out loud so that the demo (console backends) shows why a text did not go yet.
+        logger.info("%s SMS to %s held by quiet hours until %s", kind, recipient, wake.isoformat())
     return Notification(
         delivery=delivery, channel=channel, kind=kind, language=language, recipient=recipient,
         subject=text.subject, body=text.body, html=text.html, context=context, dedupe_key=key,
@@ -143,13 +144,13 @@ def channel_for(delivery: Delivery, *, exclude: str = "") -> tuple[str, str] | N
     """SMS where there is a number the customer lets us text, else email, else nothing."""
     preference = Preference.objects.filter(delivery=delivery).first()
     phone = phone_normalize(delivery.phone)
-    if exclude != Channel.SMS and phone and (preference is None or preference.sms):
-        if not is_opted_out(channel=Channel.SMS, address=phone):
-            return (Channel.SMS, phone)
+    sms_wanted = exclude != Channel.SMS and (preference is None or preference.sms)
+    if sms_wanted and phone and not is_opted_out(channel=Channel.SMS, address=phone):
+        return (Channel.SMS, phone)
     email = email_normalize(delivery.email)
-    if exclude != Channel.EMAIL and email and (preference is None or preference.email):
-        if not is_opted_out(channel=Channel.EMAIL, address=email):
-            return (Channel.EMAIL, email)
+    email_wanted = exclude != Channel.EMAIL and (preference is None or preference.email)
+    if email_wanted and email and not is_opted_out(channel=Channel.EMAIL, address=email):
+        return (Channel.EMAIL, email)
     return None
 
 
@@ -173,7 +174,9 @@ def notification_deliver(*, notification_id: int) -> float | None:
     now = timezone.now()
     with transaction.atomic():
         # A status callback may have landed first and moved the row on; keep what it said.
-        Notification.objects.filter(pk=row.pk, status=Status.SENDING).update(status=Status.SENT, status_at=now)
+        Notification.objects.filter(pk=row.pk, status=Status.SENDING).update(
+            status=Status.SENT, status_at=now
+        )
         Notification.objects.filter(pk=row.pk).update(
             provider_id=provider_id, sent_at=now, lease_until=None, error_code="", last_error=""
         )
@@ -212,7 +215,9 @@ def _claim(notification_id: int) -> Notification | None:
             return None
         if row.created_at < now - timedelta(seconds=60):
             # Held back for a while: say what is true now (ETA, window), not what was then.
-            text = render.render(row.delivery, kind=row.kind, channel=row.channel, language=row.language, extra=row.context)
+            text = render.render(
+                row.delivery, kind=row.kind, channel=row.channel, language=row.language, extra=row.context
+            )
             row.subject, row.body, row.html = text.subject, text.body, text.html
         row.status = Status.SENDING
         row.attempts += 1

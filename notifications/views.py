@@ -107,7 +107,11 @@ def preferences(request: HttpRequest, token: str) -> HttpResponse:
     delivery = _get_delivery_or_404(token)
     current = getattr(delivery, "notification_preference", None)
     language = language_for(delivery)
-    initial = {"sms": current.sms if current else True, "email": current.email if current else True, "language": language}
+    initial = {
+        "sms": current.sms if current else True,
+        "email": current.email if current else True,
+        "language": language,
+    }
     form = PreferenceForm(request.POST if request.method == "POST" else None, initial=initial)
     if request.method == "POST" and form.is_valid():
         preference_update(delivery=delivery, **form.cleaned_data)
@@ -118,6 +122,11 @@ def preferences(request: HttpRequest, token: str) -> HttpResponse:
         return render(
             request,
             "notifications/preferences.html",
-            {"delivery": delivery, "form": form, "has_phone": bool(delivery.phone), "has_email": bool(delivery.email)},
+            {
+                "delivery": delivery,
+                "form": form,
+                "has_phone": bool(delivery.phone),
+                "has_email": bool(delivery.email),
+            },
             status=400 if form.is_bound else 200,
         )

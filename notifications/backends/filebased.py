@@ -27,7 +27,9 @@ class SMSBackend(BaseSMSBackend):
             message.provider_id = f"file-{uuid.uuid4().hex}"
             target = self.path / f"{message.provider_id}.txt"
             temporary = target.with_suffix(".tmp")
-            temporary.write_text(f"To: {message.to}\nFrom: {message.from_}\n\n{message.body}\n", encoding="utf-8")
+            temporary.write_text(
+                f"To: {message.to}\nFrom: {message.from_}\n\n{message.body}\n", encoding="utf-8"
+            )
             # Readers never see half a message.
             os.replace(temporary, target)
         return len(messages)

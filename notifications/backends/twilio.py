@@ -15,7 +15,9 @@ from notifications.backends import BaseSMSBackend, SMSError, SMSMessage
 TIMEOUT = 10.0
 # Twilio errors that no retry will fix: opted out (21610), not a valid or reachable number,
 # not allowed to send there. Anything else 4xx is treated the same, except rate limits.
-PERMANENT_CODES = frozenset({21211, 21214, 21217, 21219, 21407, 21408, 21610, 21612, 21614, 30003, 30005, 30006})
+PERMANENT_CODES = frozenset(
+    {21211, 21214, 21217, 21219, 21407, 21408, 21610, 21612, 21614, 30003, 30005, 30006}
+)
 
 
 class SMSBackend(BaseSMSBackend):
@@ -49,7 +51,9 @@ class SMSBackend(BaseSMSBackend):
             except TwilioRestException as error:
                 if self.fail_silently:
                     continue
-                raise SMSError(str(error.msg)[:500], code=str(error.code or error.status), retry=_retryable(error)) from error
+                raise SMSError(
+                    str(error.msg)[:500], code=str(error.code or error.status), retry=_retryable(error)
+                ) from error
             except (TwilioException, OSError) as error:
                 # Timeouts and connection errors: the provider may be down for a while.
                 if self.fail_silently:

@@ -59,7 +59,16 @@ def iso(at: datetime) -> str:
     return at.astimezone(UTC).isoformat()
 
 
-def upsert(ref: str, *, at: datetime, phone: str | None = "+19565550123", email: str | None = None, locale: str = "en", window: tuple[datetime, datetime] | None = None, event_id: str | None = None) -> dict[str, Any]:
+def upsert(
+    ref: str,
+    *,
+    at: datetime,
+    phone: str | None = "+19565550123",
+    email: str | None = None,
+    locale: str = "en",
+    window: tuple[datetime, datetime] | None = None,
+    event_id: str | None = None,
+) -> dict[str, Any]:
     customer: dict[str, Any] = {"name": "Ana García", "locale": locale}
     if phone:
         customer["phone"] = phone
@@ -68,20 +77,44 @@ def upsert(ref: str, *, at: datetime, phone: str | None = "+19565550123", email:
     data: dict[str, Any] = {
         "reference": ref,
         "customer": customer,
-        "address": {"line1": "1 Main St", "city": "Laredo", "postcode": "78040", "country": "US", "lat": 27.5, "lon": -99.5},
+        "address": {
+            "line1": "1 Main St",
+            "city": "Laredo",
+            "postcode": "78040",
+            "country": "US",
+            "lat": 27.5,
+            "lon": -99.5,
+        },
         "timezone": "America/Chicago",
     }
     if window:
         data["window"] = {"start": iso(window[0]), "end": iso(window[1])}
-    return {"id": event_id or f"up-{ref}-{next(_refs)}", "type": "delivery.upserted", "occurred_at": iso(at), "data": data}
+    return {
+        "id": event_id or f"up-{ref}-{next(_refs)}",
+        "type": "delivery.upserted",
+        "occurred_at": iso(at),
+        "data": data,
+    }
 
 
 def status(ref: str, value: str, *, at: datetime, event_id: str | None = None) -> dict[str, Any]:
-    return {"id": event_id or f"st-{ref}-{next(_refs)}", "type": "delivery.status", "occurred_at": iso(at), "data": {"reference": ref, "status": value}}
+    return {
+        "id": event_id or f"st-{ref}-{next(_refs)}",
+        "type": "delivery.status",
+        "occurred_at": iso(at),
+        "data": {"reference": ref, "status": value},
+    }
 
 
-def eta(ref: str, value: datetime, *, at: datetime, stops_before: int | None = None, event_id: str | None = None) -> dict[str, Any]:
+def eta(
+    ref: str, value: datetime, *, at: datetime, stops_before: int | None = None, event_id: str | None = None
+) -> dict[str, Any]:
     data: dict[str, Any] = {"reference": ref, "eta": iso(value)}
     if stops_before is not None:
         data["stops_before"] = stops_before
-    return {"id": event_id or f"eta-{ref}-{next(_refs)}", "type": "delivery.eta", "occurred_at": iso(at), "data": data}
+    return {
+        "id": event_id or f"eta-{ref}-{next(_refs)}",
+        "type": "delivery.eta",
+        "occurred_at": iso(at),
+        "data": data,
+    }

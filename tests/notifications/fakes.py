@@ -21,7 +21,17 @@ class RecordingTwilioHttp(HttpClient):
         self.answer = answer or (lambda n: (201, {"sid": f"SM{n:032d}", "status": "queued"}))
         self._lock = threading.Lock()
 
-    def request(self, method: str, uri: str, params: Any = None, data: Any = None, headers: Any = None, auth: Any = None, timeout: Any = None, allow_redirects: bool = False) -> Response:
+    def request(
+        self,
+        method: str,
+        uri: str,
+        params: Any = None,
+        data: Any = None,
+        headers: Any = None,
+        auth: Any = None,
+        timeout: Any = None,
+        allow_redirects: bool = False,
+    ) -> Response:
         with self._lock:
             self.requests.append({"method": method, "uri": uri, "data": dict(data or {}), "auth": auth})
             status, body = self.answer(len(self.requests))

@@ -22,7 +22,12 @@ def test_the_console_backend_prints_the_message_with_its_length():
 
 
 def test_the_locmem_backend_keeps_messages_in_its_outbox():
-    assert get_sms_backend("notifications.backends.locmem.SMSBackend").send_messages([SMSMessage(to="+1", body="x")]) == 1
+    assert (
+        get_sms_backend("notifications.backends.locmem.SMSBackend").send_messages(
+            [SMSMessage(to="+1", body="x")]
+        )
+        == 1
+    )
     assert [m.body for m in locmem.outbox] == ["x"]
 
 
@@ -46,12 +51,22 @@ def test_the_filebased_backend_needs_a_folder(settings):
 def test_twilio_is_called_through_its_client_with_a_status_callback(settings):
     http = RecordingTwilioHttp()
     backend = twilio_backend.SMSBackend(http_client=http)
-    message = SMSMessage(to="+15551230000", body="Hi", status_callback="https://porch.example/webhooks/twilio/status/?n=7")
+    message = SMSMessage(
+        to="+15551230000", body="Hi", status_callback="https://porch.example/webhooks/twilio/status/?n=7"
+    )
     assert backend.send_messages([message]) == 1
     [request] = http.requests
     assert request["method"] == "POST"
-    assert request["uri"] == f"https://api.twilio.com/2010-04-01/Accounts/{settings.TWILIO_ACCOUNT_SID}/Messages.json"
-    assert request["data"] == {"To": "+15551230000", "Body": "Hi", "From": "+15005550006", "StatusCallback": "https://porch.example/webhooks/twilio/status/?n=7"}
+    assert (
+        request["uri"]
+        == f"https://api.twilio.com/2010-04-01/Accounts/{settings.TWILIO_ACCOUNT_SID}/Messages.json"
+    )
+    assert request["data"] == {
+        "To": "+15551230000",
+        "Body": "Hi",
+        "From": "+15005550006",
+        "StatusCallback": "https://porch.example/webhooks/twilio/status/?n=7",
+    }
     assert request["auth"] == (settings.TWILIO_ACCOUNT_SID, settings.TWILIO_AUTH_TOKEN)
     assert message.provider_id == "SM" + "1".zfill(32)
 
@@ -87,7 +102,9 @@ def test_a_connection_error_is_retried():
             raise ConnectionError("connection refused")
 
     with pytest.raises(SMSError) as raised:
-        twilio_backend.SMSBackend(http_client=Down()).send_messages([SMSMessage(to="+15551230000", body="Hi")])
+        twilio_backend.SMSBackend(http_client=Down()).send_messages(
+            [SMSMessage(to="+15551230000", body="Hi")]
+        )
     assert raised.value.retry is True
 
 

@@ -31,7 +31,9 @@ def send_now(django_capture_on_commit_callbacks):
 
 
 def kinds(ref: str) -> list[str]:
-    return list(Notification.objects.filter(delivery__reference=ref).order_by("pk").values_list("kind", flat=True))
+    return list(
+        Notification.objects.filter(delivery__reference=ref).order_by("pk").values_list("kind", flat=True)
+    )
 
 
 def test_a_new_order_gets_one_received_text_with_its_tracking_link(post_events, send_now):
@@ -67,7 +69,10 @@ def test_the_same_out_for_delivery_event_posted_many_times_sends_one_message(pos
 
 def test_two_out_for_delivery_events_the_same_day_send_one_message(post_events, send_now):
     now = timezone.now()
-    send_now(post_events, {"events": [upsert("W2", at=now), status("W2", "out_for_delivery", at=now + timedelta(minutes=1))]})
+    send_now(
+        post_events,
+        {"events": [upsert("W2", at=now), status("W2", "out_for_delivery", at=now + timedelta(minutes=1))]},
+    )
     send_now(post_events, status("W2", "arriving", at=now + timedelta(minutes=2)))
     send_now(post_events, status("W2", "out_for_delivery", at=now + timedelta(minutes=3)))
     assert kinds("W2") == ["received", "out_for_delivery", "approaching"]
@@ -97,11 +102,27 @@ def test_approaching_fires_when_the_eta_is_ten_minutes_away(post_events, send_no
 def test_a_delay_is_told_at_15_minutes_past_the_window_and_again_only_after_30_more(post_events, send_now):
     now = timezone.now()
     end = now + timedelta(hours=2)
-    send_now(post_events, {"events": [upsert("D1", at=now, window=(now + timedelta(hours=1), end)), status("D1", "out_for_delivery", at=now)]})
+    send_now(
+        post_events,
+        {
+            "events": [
+                upsert("D1", at=now, window=(now + timedelta(hours=1), end)),
+                status("D1", "out_for_delivery", at=now),
+            ]
+        },
+    )
     step = iter(range(1, 100))
 
     def new_eta(minutes_late: int) -> None:
-        send_now(post_events, eta("D1", end + timedelta(minutes=minutes_late), at=now + timedelta(seconds=next(step)), stops_before=9))
+        send_now(
+            post_events,
+            eta(
+                "D1",
+                end + timedelta(minutes=minutes_late),
+                at=now + timedelta(seconds=next(step)),
+                stops_before=9,
+            ),
+        )
 
     new_eta(14)
     assert "delayed" not in kinds("D1")
@@ -131,7 +152,10 @@ def test_delivered_and_attempt_failed_carry_the_proof_and_rebooking_links(post_e
 
 def test_stale_events_send_nothing(post_events, send_now):
     now = timezone.now()
-    send_now(post_events, {"events": [upsert("S1", at=now), status("S1", "delivered", at=now + timedelta(hours=1))]})
+    send_now(
+        post_events,
+        {"events": [upsert("S1", at=now), status("S1", "delivered", at=now + timedelta(hours=1))]},
+    )
     send_now(post_events, status("S1", "out_for_delivery", at=now))  # older than delivered: stale
     assert kinds("S1") == ["received", "delivered"]
 

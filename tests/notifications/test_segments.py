@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 from django.utils import timezone
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from notifications import render
 from notifications.models import Kind
@@ -34,7 +36,10 @@ def test_ucs2_counts_utf16_units_so_an_emoji_is_two():
 
 
 def test_spanish_accents_that_gsm7_lacks_are_spelled_without_them():
-    assert gsm_friendly("Síguelo en dirección, mañana “pronto” – ya…") == 'Siguelo en direccion, mañana "pronto" - ya...'
+    assert (
+        gsm_friendly("Síguelo en dirección, mañana \u201cpronto\u201d \u2013 ya\u2026")
+        == 'Siguelo en direccion, mañana "pronto" - ya...'
+    )
     assert sms_length(gsm_friendly("Síguelo, ¿cuándo? ¡Mañana!")).encoding == "GSM-7"
     assert gsm_friendly("王芳 😀") == "王芳 😀"  # nothing to spell differently: stays UCS-2
 
@@ -52,7 +57,7 @@ LONG_NAMES = [
     "Wolfeschlegelsteinhausenbergerdorff Hubert Blaine",
     "王芳芳芳芳芳芳芳芳芳芳芳芳芳芳芳芳芳芳芳芳芳",
     "😀😀😀😀😀😀😀😀😀😀😀😀 Emoji",
-    "Tom & <Jerry> \"O'Brien\"",
+    'Tom & <Jerry> "O\'Brien"',
 ]
 
 
@@ -75,17 +80,30 @@ def test_every_sms_template_stays_within_two_segments_with_long_names(name, lang
 
 @pytest.mark.django_db
 def test_email_text_stays_plain_and_html_is_escaped():
-    delivery = make_delivery(customer_name="<script>Tom&Co</script> Smith", reference="R&D<1>", status="attempt_failed", status_reason="<b>dog</b>")
+    delivery = make_delivery(
+        customer_name="<script>Tom&Co</script> Smith",
+        reference="R&D<1>",
+        status="attempt_failed",
+        status_reason="<b>dog</b>",
+    )
     rendered = render.render(delivery, kind="attempt_failed", channel="email", language="en", extra={})
     assert "<script>" in rendered.body and "R&D<1>" in rendered.body and "<b>dog</b>" in rendered.body
     assert "<script>" not in rendered.html and "&lt;script&gt;Tom&amp;Co" in rendered.html
     assert "R&amp;D&lt;1&gt;" in rendered.html and "&lt;b&gt;dog" in rendered.html
-    assert "R&amp;D" not in rendered.subject and "R&D<1>" not in rendered.subject  # attempt_failed subject has no reference
+    assert (
+        "R&amp;D" not in rendered.subject and "R&D<1>" not in rendered.subject
+    )  # attempt_failed subject has no reference
 
 
 @pytest.mark.django_db
 @hsettings(max_examples=60, deadline=None)
-@given(name=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=120).filter(lambda s: s.strip()), language=st.sampled_from(render.LANGUAGES), kind=st.sampled_from(Kind.values))
+@given(
+    name=st.text(
+        st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=120
+    ).filter(lambda s: s.strip()),
+    language=st.sampled_from(render.LANGUAGES),
+    kind=st.sampled_from(Kind.values),
+)
 def test_any_name_in_any_template_fits_two_segments(name, language, kind):
     delivery = make_delivery(customer_name=name, locale=language)
     text = render.render(delivery, kind=kind, channel="sms", language=language, extra={}).body

@@ -24,7 +24,16 @@ _sids = itertools.count(1)
 PUBLIC = "https://porch.example"  # what Twilio called; the app itself sees http://testserver
 
 
-def twilio_post(client: Client, path: str, params: dict[str, str], *, token: str = "test-twilio-token", signed_url: str | None = None, tamper: dict[str, str] | None = None, headers: dict[str, str] | None = None):
+def twilio_post(
+    client: Client,
+    path: str,
+    params: dict[str, str],
+    *,
+    token: str = "test-twilio-token",  # noqa: S107 (the test settings' token)
+    signed_url: str | None = None,
+    tamper: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+):
     signature = RequestValidator(token).compute_signature(signed_url or PUBLIC + path, params)
     body = {**params, **(tamper or {})}
     return client.post(
@@ -37,7 +46,11 @@ def twilio_post(client: Client, path: str, params: dict[str, str], *, token: str
 
 def inbound(client: Client, body: str, *, sender: str = "+19565550123", sid: str | None = None):
     sid = sid or f"SM{next(_sids):032d}"
-    return twilio_post(client, "/webhooks/twilio/inbound/", {"From": sender, "To": "+15005550006", "Body": body, "MessageSid": sid})
+    return twilio_post(
+        client,
+        "/webhooks/twilio/inbound/",
+        {"From": sender, "To": "+15005550006", "Body": body, "MessageSid": sid},
+    )
 
 
 def opted_out(number: str = "+19565550123") -> bool:
@@ -47,7 +60,22 @@ def opted_out(number: str = "+19565550123") -> bool:
 # --- Twilio inbound ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("word", ["STOP", " stop ", "Stop.", "sToPaLl", "UNSUBSCRIBE", "cancel", "End", "QUIT\n", "revoke", "opt-out", "OPTOUT"])
+@pytest.mark.parametrize(
+    "word",
+    [
+        "STOP",
+        " stop ",
+        "Stop.",
+        "sToPaLl",
+        "UNSUBSCRIBE",
+        "cancel",
+        "End",
+        "QUIT\n",
+        "revoke",
+        "opt-out",
+        "OPTOUT",
+    ],
+)
 def test_every_opt_out_keyword_in_any_case_opts_the_number_out_with_one_confirmation(client, word):
     response = inbound(client, word)
     assert response.status_code == 200 and response["Content-Type"].startswith("text/xml")
@@ -110,14 +138,26 @@ def test_replies_are_in_the_language_of_the_customers_messages(client):
     ],
 )
 def test_badly_signed_inbound_messages_are_refused(client, kwargs, why):
-    response = twilio_post(client, "/webhooks/twilio/inbound/", {"From": "+19565550123", "Body": "STOP", "MessageSid": "SMx"}, **kwargs)
+    response = twilio_post(
+        client,
+        "/webhooks/twilio/inbound/",
+        {"From": "+19565550123", "Body": "STOP", "MessageSid": "SMx"},
+        **kwargs,
+    )
     assert response.status_code == 403, why
     assert not Consent.objects.exists() and not InboundMessage.objects.exists()
 
 
 def test_unsigned_or_unconfigured_webhooks_are_refused(client, settings):
-    assert client.post("/webhooks/twilio/inbound/", {"From": "+19565550123", "Body": "STOP"}).status_code == 403
-    assert client.post("/webhooks/twilio/status/", {"MessageSid": "SM1", "MessageStatus": "delivered"}).status_code == 403
+    assert (
+        client.post("/webhooks/twilio/inbound/", {"From": "+19565550123", "Body": "STOP"}).status_code == 403
+    )
+    assert (
+        client.post(
+            "/webhooks/twilio/status/", {"MessageSid": "SM1", "MessageStatus": "delivered"}
+        ).status_code
+        == 403
+    )
     assert client.post("/webhooks/twilio/inbound/", HTTP_X_TWILIO_SIGNATURE="x" * 5000).status_code == 403
     assert client.get("/webhooks/twilio/inbound/").status_code == 405
     settings.TWILIO_AUTH_TOKEN = ""
@@ -125,7 +165,9 @@ def test_unsigned_or_unconfigured_webhooks_are_refused(client, settings):
     assert not Consent.objects.exists()
 
 
-@pytest.mark.parametrize("raw", ["+19565550123", "+1 (956) 555-0123", "19565550123", "+1-956-555-0123", "001 956 555 0123"])
+@pytest.mark.parametrize(
+    "raw", ["+19565550123", "+1 (956) 555-0123", "19565550123", "+1-956-555-0123", "001 956 555 0123"]
+)
 def test_phone_numbers_in_any_format_are_one_consent_record(raw):
     assert services.phone_normalize(raw) == "+19565550123"
 
@@ -148,7 +190,9 @@ def sent_sms():
     return row
 
 
-def callback(client: Client, row: Notification, status: str, *, token: str | None = None, error: str = "", **kwargs):
+def callback(
+    client: Client, row: Notification, status: str, *, token: str | None = None, error: str = "", **kwargs
+):
     params = {"MessageSid": row.provider_id, "MessageStatus": status, "AccountSid": "AC" + "0" * 32}
     if error:
         params["ErrorCode"] = error
@@ -200,14 +244,21 @@ def test_a_callback_that_beats_our_own_sent_update_still_lands():
     services.notifications_for_booking(delivery=delivery, moved=False)
     row = Notification.objects.get()
     Notification.objects.filter(pk=row.pk).update(status="sending")
-    feedback.sms_status_record(key="k", notification_id=row.pk, provider_id="SMnew", status="delivered", error_code="", payload={})
+    feedback.sms_status_record(
+        key="k", notification_id=row.pk, provider_id="SMnew", status="delivered", error_code="", payload={}
+    )
     row.refresh_from_db()
     assert row.status == "delivered"
 
 
 def test_callbacks_for_unknown_messages_are_acknowledged_and_ignored(client):
     params = {"MessageSid": "SMunknown", "MessageStatus": "delivered"}
-    for path in ("/webhooks/twilio/status/", "/webhooks/twilio/status/?n=999999", "/webhooks/twilio/status/?n=abc", "/webhooks/twilio/status/?n=" + "9" * 40):
+    for path in (
+        "/webhooks/twilio/status/",
+        "/webhooks/twilio/status/?n=999999",
+        "/webhooks/twilio/status/?n=abc",
+        "/webhooks/twilio/status/?n=" + "9" * 40,
+    ):
         assert twilio_post(client, path, params).status_code == 204
     assert not Notification.objects.exists()
 
@@ -216,20 +267,38 @@ def test_callbacks_for_unknown_messages_are_acknowledged_and_ignored(client):
 
 
 def esp_event(event_type: str, recipient: str, **kwargs) -> None:
-    tracking.send(sender=object, event=AnymailTrackingEvent(event_type=event_type, recipient=recipient, **kwargs), esp_name="TestESP")
+    tracking.send(
+        sender=object,
+        event=AnymailTrackingEvent(event_type=event_type, recipient=recipient, **kwargs),
+        esp_name="TestESP",
+    )
 
 
 def test_the_esp_webhook_needs_its_basic_auth_secret(client, settings):
-    payload = json.dumps({"RecordType": "Bounce", "Type": "HardBounce", "Email": "x@example.com", "ID": 1, "MessageID": "m1"})
+    payload = json.dumps(
+        {"RecordType": "Bounce", "Type": "HardBounce", "Email": "x@example.com", "ID": 1, "MessageID": "m1"}
+    )
     path = "/webhooks/anymail/postmark/tracking/"
-    assert client.post(path, payload, content_type="application/json").status_code == 400  # no secret configured
+    assert (
+        client.post(path, payload, content_type="application/json").status_code == 400
+    )  # no secret configured
     settings.ANYMAIL = {"WEBHOOK_SECRET": "hook:secret"}
     assert client.post(path, payload, content_type="application/json").status_code == 400
     wrong = base64.b64encode(b"hook:wrong").decode()
-    assert client.post(path, payload, content_type="application/json", HTTP_AUTHORIZATION=f"Basic {wrong}").status_code == 400
+    assert (
+        client.post(
+            path, payload, content_type="application/json", HTTP_AUTHORIZATION=f"Basic {wrong}"
+        ).status_code
+        == 400
+    )
     assert not Consent.objects.exists()
     good = base64.b64encode(b"hook:secret").decode()
-    assert client.post(path, payload, content_type="application/json", HTTP_AUTHORIZATION=f"Basic {good}").status_code == 200
+    assert (
+        client.post(
+            path, payload, content_type="application/json", HTTP_AUTHORIZATION=f"Basic {good}"
+        ).status_code
+        == 200
+    )
     assert Consent.objects.get(channel="email", address="x@example.com").reason == "bounced"
 
 
@@ -241,9 +310,18 @@ def test_bounced_and_complained_addresses_are_suppressed_and_never_mailed_again(
     services.notification_deliver(notification_id=first.pk)
     first.refresh_from_db()
     assert len(mail.outbox) == 1
-    esp_event("bounced", "bounced@example.com", event_id="ev-1", message_id=first.provider_id, metadata={"notification_id": str(first.pk)})
+    esp_event(
+        "bounced",
+        "bounced@example.com",
+        event_id="ev-1",
+        message_id=first.provider_id,
+        metadata={"notification_id": str(first.pk)},
+    )
     esp_event("complained", "complained@example.com", event_id="ev-2")
-    assert set(Consent.objects.filter(opted_out=True).values_list("address", flat=True)) == {"bounced@example.com", "complained@example.com"}
+    assert set(Consent.objects.filter(opted_out=True).values_list("address", flat=True)) == {
+        "bounced@example.com",
+        "complained@example.com",
+    }
     first.refresh_from_db()
     assert first.status == "bounced"
     for delivery in (bounced, complained):
@@ -281,7 +359,11 @@ def test_the_customer_turns_sms_off_and_picks_spanish(client):
     preference = Preference.objects.get(delivery=delivery)
     assert (preference.sms, preference.email, preference.language) == (False, True, "es")
     again = client.get(url).content.decode()
-    assert 'value="es" selected' in again and "Tus mensajes" in again and "Hemos guardado tus preferencias." in again
+    assert (
+        'value="es" selected' in again
+        and "Tus mensajes" in again
+        and "Hemos guardado tus preferencias." in again
+    )
     services.notifications_for_booking(delivery=delivery, moved=False)
     row = Notification.objects.get()
     assert (row.channel, row.language) == ("email", "es")
@@ -306,5 +388,7 @@ def test_unknown_tokens_are_404(client, token):
 
 def test_the_preferences_form_needs_its_csrf_token():
     delivery = make_delivery()
-    response = Client(enforce_csrf_checks=True).post(f"/t/{delivery.tracking_token}/notifications/", {"language": "en"})
+    response = Client(enforce_csrf_checks=True).post(
+        f"/t/{delivery.tracking_token}/notifications/", {"language": "en"}
+    )
     assert response.status_code == 403 and not Preference.objects.exists()

@@ -45,9 +45,15 @@ def test_status_changes_reach_the_customer_through_a_real_worker(post_events, tm
     now = timezone.now()
     with celery_worker(**worker_env(tmp_path)):
         assert post_events(upsert("INT-1", at=now, email="ana@example.com")).status_code == 200
-        wait_for(lambda: len(sms_files(tmp_path)) == 1 and all_sent(), timeout=20, what="the order-received text")
-        assert post_events(status("INT-1", "out_for_delivery", at=now + timedelta(seconds=1))).status_code == 200
-        wait_for(lambda: len(sms_files(tmp_path)) == 2 and all_sent(), timeout=20, what="the out-for-delivery text")
+        wait_for(
+            lambda: len(sms_files(tmp_path)) == 1 and all_sent(), timeout=20, what="the order-received text"
+        )
+        assert (
+            post_events(status("INT-1", "out_for_delivery", at=now + timedelta(seconds=1))).status_code == 200
+        )
+        wait_for(
+            lambda: len(sms_files(tmp_path)) == 2 and all_sent(), timeout=20, what="the out-for-delivery text"
+        )
     files = sms_files(tmp_path)
     assert all(text.startswith("To: +19565550123\n") for text in files)
     assert sum("out for delivery" in text for text in files) == 1
@@ -57,23 +63,39 @@ def test_status_changes_reach_the_customer_through_a_real_worker(post_events, tm
 def test_a_duplicate_storm_through_the_intake_sends_one_message(tmp_path):
     now = timezone.now()
     secret = settings.PORCHLIGHT_ROUTING_SECRETS[0]
-    storm = json.dumps(status("STORM-1", "out_for_delivery", at=now + timedelta(seconds=1), event_id="storm-evt-1")).encode()
-    with celery_worker(**worker_env(tmp_path)), daphne(NOTIFY_QUIET_HOURS="") as base, httpx.Client(base_url=base, timeout=30) as http:
+    storm = json.dumps(
+        status("STORM-1", "out_for_delivery", at=now + timedelta(seconds=1), event_id="storm-evt-1")
+    ).encode()
+    with (
+        celery_worker(**worker_env(tmp_path)),
+        daphne(NOTIFY_QUIET_HOURS="") as base,
+        httpx.Client(base_url=base, timeout=30) as http,
+    ):
 
         def post(body: bytes) -> int:
-            headers = {"Content-Type": "application/json", signing.HEADER: signing.sign(secret=secret, body=body)}
+            headers = {
+                "Content-Type": "application/json",
+                signing.HEADER: signing.sign(secret=secret, body=body),
+            }
             return http.post("/api/v1/events", content=body, headers=headers).status_code
 
         assert post(json.dumps(upsert("STORM-1", at=now)).encode()) == 200
-        wait_for(lambda: len(sms_files(tmp_path)) == 1 and all_sent(), timeout=20, what="the order-received text")
+        wait_for(
+            lambda: len(sms_files(tmp_path)) == 1 and all_sent(), timeout=20, what="the order-received text"
+        )
         with ThreadPoolExecutor(max_workers=20) as pool:
             codes = list(pool.map(post, [storm] * 300))
         assert codes == [200] * 300
-        wait_for(lambda: len(sms_files(tmp_path)) >= 2 and all_sent(), timeout=30, what="the texts of the storm")
+        wait_for(
+            lambda: len(sms_files(tmp_path)) >= 2 and all_sent(), timeout=30, what="the texts of the storm"
+        )
         # The storm published no other task: once the queue is drained, nothing more can come.
         broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
         wait_for(lambda: broker.llen("celery") == 0, timeout=10, what="an empty queue")
-    assert list(Notification.objects.order_by("pk").values_list("kind", flat=True)) == ["received", "out_for_delivery"]
+    assert list(Notification.objects.order_by("pk").values_list("kind", flat=True)) == [
+        "received",
+        "out_for_delivery",
+    ]
     assert len(sms_files(tmp_path)) == 2  # exactly one provider call per message
 
 
