@@ -104,6 +104,23 @@ def test_every_event_of_a_simulated_day_is_valid_under_the_contract():
     }  # fmt: skip
 
 
+def test_eta_windows_narrow_as_the_driver_gets_closer():
+    from tracking.management.commands.simulate import Simulator
+
+    simulator = Simulator(
+        url="http://x", secret="s", speed=1, interval=1, pace=False, seed=1, write=lambda _: None
+    )
+    now = simulator.real
+    etas = [
+        simulator.event_for(h, now)["data"]
+        for h in simulator.happenings
+        if h.reference == "ORD-10023" and h.kind == "eta"
+    ]
+    widths = [parse_timestamp(e["window"]["end"]) - parse_timestamp(e["window"]["start"]) for e in etas]
+    assert widths[0] > widths[-1] and widths == sorted(widths, reverse=True)
+    assert etas[0]["stops_before"] == 4 and etas[-1]["stops_before"] == 0
+
+
 def test_each_driver_reaches_every_stop_and_stops_before_counts_down_to_zero():
     plan = demo.day_plan(0, seed=3)
     for route in plan.routes:
@@ -164,12 +181,9 @@ def assert_the_day_was_driven(output: str, *, ticks: int) -> None:
     etas = InboundEvent.objects.filter(reference="ORD-10023", type="delivery.eta").order_by("occurred_at")
     stops = [e.payload["data"]["stops_before"] for e in etas]
     assert max(stops) >= 4 and 0 in stops
-    widths = [
-        parse_timestamp(e.payload["data"]["window"]["end"])
-        - parse_timestamp(e.payload["data"]["window"]["start"])
-        for e in etas
-    ]
-    assert widths[1] > widths[len(stops) - 1]  # out for delivery, then close by
+    for eta in etas:
+        data = eta.payload["data"]
+        assert data["window"]["start"] < data["eta"] < data["window"]["end"]
     assert "day 2 starts" in output
 
 

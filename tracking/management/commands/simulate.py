@@ -27,6 +27,7 @@ from tracking.signing import HEADER, sign
 MAX_BATCH = 500  # the contract's limit per request
 MAX_BACKLOG = 5000  # delivery events kept for a server that is down; the oldest go first
 TIMEOUT = 10.0
+MIN_WINDOW_SPREAD = 60.0  # real seconds either side of an ETA
 # Worth trying again as they are: the server is restarting, overloaded or (401) being rekeyed.
 RETRYABLE = frozenset({401, 408, 425, 429, 500, 502, 503, 504})
 
@@ -169,8 +170,10 @@ class Simulator:
             route = self.plan.route_of(reference)
             predicted = route.predicted_arrival(reference, happening.at)
             eta = self.to_real(predicted, at=happening.at, real=occurred)
-            # The window narrows as the stop gets closer (in simulated time, so it does at any speed).
-            spread = timedelta(seconds=max(demo.ETA_MIN_SPREAD, (predicted - happening.at) / 4) / self.speed)
+            # The window narrows as the stop gets closer, but stays wide enough to read as a
+            # range of clock minutes however fast the day runs.
+            lead = max(demo.ETA_MIN_SPREAD, (predicted - happening.at) / 4) / self.speed
+            spread = timedelta(seconds=max(MIN_WINDOW_SPREAD, lead))
             return demo.eta_event(
                 reference, event_id=self.next_id(), occurred_at=occurred, eta=eta,
                 window=(eta - spread, eta + spread),
