@@ -16,7 +16,13 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from scheduling.models import BlackoutDate, BookedBy, Booking, BookingChange, Slot, SlotTemplate, Zone
-from scheduling.services import BookingRefused, booking_book, booking_cancel, slot_set_capacity, slots_generate
+from scheduling.services import (
+    BookingRefused,
+    booking_book,
+    booking_cancel,
+    slot_set_capacity,
+    slots_generate,
+)
 from tracking.models import Delivery
 
 
@@ -70,7 +76,9 @@ class SlotAdmin(admin.ModelAdmin):
     @admin.display(description="booked / capacity")
     def fill(self, slot: Slot) -> str:
         percent = 100 * slot.booked // slot.capacity if slot.capacity else 100
-        return format_html('<meter min="0" max="{}" value="{}"></meter> {}%', slot.capacity, slot.booked, percent)
+        return format_html(
+            '<meter min="0" max="{}" value="{}"></meter> {}%', slot.capacity, slot.booked, percent
+        )
 
     def save_model(self, request: HttpRequest, obj: Slot, form: forms.ModelForm, change: bool) -> None:
         if not change:
@@ -147,7 +155,9 @@ class BookingAdmin(admin.ModelAdmin):
     @admin.action(description="Cancel the selected bookings (give their places back)")
     def cancel_bookings(self, request: HttpRequest, queryset: QuerySet[Booking]) -> None:
         cancelled = sum(
-            booking_cancel(delivery=booking.delivery, by=BookedBy.STAFF, staff_user=request.user.get_username())
+            booking_cancel(
+                delivery=booking.delivery, by=BookedBy.STAFF, staff_user=request.user.get_username()
+            )
             for booking in queryset.select_related("delivery")
         )
         self.message_user(request, f"{cancelled} booking(s) cancelled.")

@@ -52,8 +52,12 @@ class SlotTemplate(models.Model):
     class Meta:
         ordering = ["zone", "weekday", "start_time"]
         constraints = [
-            models.UniqueConstraint(fields=["zone", "weekday", "start_time", "end_time"], name="template_unique"),
-            models.CheckConstraint(condition=models.Q(end_time__gt=models.F("start_time")), name="template_ends_after_start"),
+            models.UniqueConstraint(
+                fields=["zone", "weekday", "start_time", "end_time"], name="template_unique"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(end_time__gt=models.F("start_time")), name="template_ends_after_start"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -86,8 +90,12 @@ class Slot(models.Model):
         ordering = ["start", "end", "pk"]
         constraints = [
             models.UniqueConstraint(fields=["zone", "start", "end"], name="slot_unique"),
-            models.CheckConstraint(condition=models.Q(end__gt=models.F("start")), name="slot_ends_after_start"),
-            models.CheckConstraint(condition=models.Q(booked__lte=models.F("capacity")), name="slot_within_capacity"),
+            models.CheckConstraint(
+                condition=models.Q(end__gt=models.F("start")), name="slot_ends_after_start"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(booked__lte=models.F("capacity")), name="slot_within_capacity"
+            ),
         ]
         indexes = [models.Index(fields=["zone", "start"], name="slot_zone_start")]
 
@@ -122,7 +130,11 @@ class Slot(models.Model):
 
     def as_event(self) -> dict[str, str]:
         """The slot as the contract's `slot` object: local times with their offset."""
-        return {"start": self.local_start.isoformat(), "end": self.local_end.isoformat(), "zone": self.zone.code}
+        return {
+            "start": self.local_start.isoformat(),
+            "end": self.local_end.isoformat(),
+            "zone": self.zone.code,
+        }
 
 
 class BookedBy(models.TextChoices):

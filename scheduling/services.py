@@ -29,7 +29,16 @@ from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy as _
 
 from notifications.services import notifications_for_booking
-from scheduling.models import BlackoutDate, BookedBy, Booking, BookingAction, BookingChange, Slot, SlotTemplate, Zone
+from scheduling.models import (
+    BlackoutDate,
+    BookedBy,
+    Booking,
+    BookingAction,
+    BookingChange,
+    Slot,
+    SlotTemplate,
+    Zone,
+)
 from tracking import live
 from tracking.models import Delivery, Status
 from tracking.outbound import outbound_enqueue
@@ -45,7 +54,14 @@ class BookingRefused(Exception):
     """A rule said no. `code` is stable (tests, the benchmark); `message` is for people."""
 
     # code -> HTTP status the customer page answers with
-    STATUS = {"invalid_slot": 400, "slot_full": 409, "past": 409, "cutoff": 409, "closed": 409, "too_many_changes": 409}
+    STATUS = {
+        "invalid_slot": 400,
+        "slot_full": 409,
+        "past": 409,
+        "cutoff": 409,
+        "closed": 409,
+        "too_many_changes": 409,
+    }
 
     def __init__(self, code: str, message: str | Promise) -> None:
         super().__init__(code)
@@ -111,7 +127,9 @@ def booking_book(
     Staff (`by="staff"`) follow the same rules except the cutoff.
     """
     slot_pk = _parse_slot_id(slot_id)
-    return _with_retries(lambda: _book_once(delivery_pk=delivery.pk, slot_pk=slot_pk, by=by, staff_user=staff_user))
+    return _with_retries(
+        lambda: _book_once(delivery_pk=delivery.pk, slot_pk=slot_pk, by=by, staff_user=staff_user)
+    )
 
 
 def _parse_slot_id(slot_id: object) -> int:
@@ -144,7 +162,10 @@ def _book_once(*, delivery_pk: int, slot_pk: int, by: str, staff_user: str) -> B
         if booking is not None and booking.changes >= settings.PORCHLIGHT_BOOKING_MAX_CHANGES:
             raise BookingRefused(
                 "too_many_changes",
-                _("This delivery's time has already been changed %(max)d times. Please contact us to change it again.")
+                _(
+                    "This delivery's time has already been changed %(max)d times. "
+                    "Please contact us to change it again."
+                )
                 % {"max": settings.PORCHLIGHT_BOOKING_MAX_CHANGES},
             )
         previous = booking.slot if booking is not None else None
@@ -170,7 +191,9 @@ def _book_once(*, delivery_pk: int, slot_pk: int, by: str, staff_user: str) -> B
             type="delivery.slot_booked",
             data={
                 "slot": slot.as_event(),
-                "previous": {k: v for k, v in previous.as_event().items() if k != "zone"} if previous else None,
+                "previous": {k: v for k, v in previous.as_event().items() if k != "zone"}
+                if previous
+                else None,
                 "by": by,
             },
         )
@@ -219,16 +242,21 @@ def booking_cancel(*, delivery: Delivery, by: str = BookedBy.STAFF, staff_user: 
 
     def cancel() -> bool:
         with transaction.atomic():
+            # The delivery's lock first, as booking_book takes it: one order, no deadlock.
             Delivery.objects.select_for_update().filter(pk=delivery.pk).first()
             booking = Booking.objects.filter(delivery_id=delivery.pk, slot__isnull=False).first()
-            if booking is None:
+            if booking is None or booking.slot_id is None:
                 return False
             previous_pk = booking.slot_id
             Slot.objects.filter(pk=previous_pk, booked__gt=0).update(booked=F("booked") - 1)
             booking.slot = None
             booking.save(update_fields=["slot", "updated_at"])
             BookingChange.objects.create(
-                booking=booking, action=BookingAction.CANCELLED, from_slot_id=previous_pk, by=by, staff_user=staff_user
+                booking=booking,
+                action=BookingAction.CANCELLED,
+                from_slot_id=previous_pk,
+                by=by,
+                staff_user=staff_user,
             )
             return True
 
@@ -242,7 +270,9 @@ def slot_set_capacity(*, slot_id: int, capacity: int) -> bool:
     return bool(Slot.objects.filter(pk=slot_id, booked__lte=capacity).update(capacity=capacity))
 
 
-def slot_create(*, zone_code: str, start: datetime, end: datetime, capacity: int, timezone_name: str = "UTC") -> tuple[Slot, bool]:
+def slot_create(
+    *, zone_code: str, start: datetime, end: datetime, capacity: int, timezone_name: str = "UTC"
+) -> tuple[Slot, bool]:
     """One slot by hand (manage.py create_slot); creates the zone if needed."""
     if timezone.is_naive(start) or timezone.is_naive(end):
         raise ValueError("start and end must carry a UTC offset")
@@ -250,12 +280,18 @@ def slot_create(*, zone_code: str, start: datetime, end: datetime, capacity: int
         raise ValueError("end must be after start")
     if capacity < 0:
         raise ValueError("capacity must not be negative")
-    zone, _created = Zone.objects.get_or_create(code=zone_code, defaults={"name": zone_code, "timezone": timezone_name})
-    slot, created = Slot.objects.get_or_create(zone=zone, start=start, end=end, defaults={"capacity": capacity})
+    zone, _created = Zone.objects.get_or_create(
+        code=zone_code, defaults={"name": zone_code, "timezone": timezone_name}
+    )
+    slot, created = Slot.objects.get_or_create(
+        zone=zone, start=start, end=end, defaults={"capacity": capacity}
+    )
     return slot, created
 
 
-def slots_generate(*, days_ahead: int | None = None, today: date | None = None, zones: Iterable[Zone] | None = None) -> int:
+def slots_generate(
+    *, days_ahead: int | None = None, today: date | None = None, zones: Iterable[Zone] | None = None
+) -> int:
     """Create the slots of the coming days from the active templates; returns how many were new.
 
     Idempotent: slots that exist (same zone, start, end) are left alone, with their bookings.
@@ -268,9 +304,9 @@ def slots_generate(*, days_ahead: int | None = None, today: date | None = None, 
         first = today or timezone.localtime(timezone.now(), tz).date()
         templates = list(SlotTemplate.objects.filter(zone=zone, active=True))
         blackouts = set(
-            BlackoutDate.objects.filter(zone=zone, date__gte=first, date__lt=first + timedelta(days=days)).values_list(
-                "date", flat=True
-            )
+            BlackoutDate.objects.filter(
+                zone=zone, date__gte=first, date__lt=first + timedelta(days=days)
+            ).values_list("date", flat=True)
         )
         new: list[Slot] = []
         for offset in range(days):
@@ -302,5 +338,7 @@ def slots_for_delivery(*, delivery: Delivery, days_ahead: int | None = None) -> 
         .select_related("zone")
         .order_by("start", "end", "pk")
     )
-    blackouts = set(zone.blackouts.filter(date__gte=now.date() - timedelta(days=1)).values_list("date", flat=True))
+    blackouts = set(
+        zone.blackouts.filter(date__gte=now.date() - timedelta(days=1)).values_list("date", flat=True)
+    )
     return [slot for slot in slots if slot.local_date not in blackouts]

@@ -19,12 +19,23 @@ from django.utils.cache import add_never_cache_headers
 from django.utils.functional import Promise
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_http_methods
+from django_htmx.middleware import HtmxDetails
 
 from scheduling.models import BookedBy, Booking, Slot, Zone
-from scheduling.services import BookingRefused, booking_book, booking_closed_reason, booking_cutoff, slots_for_delivery
+from scheduling.services import (
+    BookingRefused,
+    booking_book,
+    booking_closed_reason,
+    booking_cutoff,
+    slots_for_delivery,
+)
 from tracking.models import Delivery
 
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
 
 
 @dataclass
@@ -67,15 +78,22 @@ def _not_found(request: HttpRequest) -> HttpResponse:
 
 
 @require_http_methods(["GET", "POST"])
-def slots_page(request: HttpRequest, token: str) -> HttpResponse:
+def slots_page(request: HtmxHttpRequest, token: str) -> HttpResponse:
     delivery = _get_delivery_or_none(token)
     if delivery is None:
         return _not_found(request)
     zone = Zone.objects.filter(code=delivery.zone_code).first() if delivery.zone_code else None
     language = _language_of(delivery)
-    with translation.override(language), timezone.override(zone.tzinfo if zone else delivery.timezone or "UTC"):
+    with (
+        translation.override(language),
+        timezone.override(zone.tzinfo if zone else delivery.timezone or "UTC"),
+    ):
         status = 200
-        context: dict[str, Any] = {"delivery": delivery, "error": None, "confirmed": request.GET.get("booked") == "1"}
+        context: dict[str, Any] = {
+            "delivery": delivery,
+            "error": None,
+            "confirmed": request.GET.get("booked") == "1",
+        }
         if request.method == "POST":
             try:
                 booking_book(delivery=delivery, slot_id=request.POST.get("slot"), by=BookedBy.CUSTOMER)
@@ -92,6 +110,10 @@ def slots_page(request: HttpRequest, token: str) -> HttpResponse:
         response["Content-Language"] = language
     add_never_cache_headers(response)
     response["X-Robots-Tag"] = "noindex"
+    # With the site-wide "no-referrer", Chromium sends `Origin: null` on a plain form POST and
+    # Django's CSRF check refuses it, so the form would only work with JavaScript. Same-origin
+    # still sends nothing (the token in the URL included) to any other site.
+    response["Referrer-Policy"] = "same-origin"
     return response
 
 

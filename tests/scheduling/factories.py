@@ -23,7 +23,9 @@ def make_slot(*, zone: Zone | None = None, start: datetime | None = None, hours_
               length_hours: float = 2, capacity: int = 10, **extra: Any) -> Slot:  # fmt: skip
     zone = zone or make_zone()
     start = start or (timezone.now() + timedelta(hours=hours_ahead)).replace(microsecond=0)
-    return Slot.objects.create(zone=zone, start=start, end=start + timedelta(hours=length_hours), capacity=capacity, **extra)
+    return Slot.objects.create(
+        zone=zone, start=start, end=start + timedelta(hours=length_hours), capacity=capacity, **extra
+    )
 
 
 def make_delivery(*, zone: Zone | str | None = None, **extra: Any) -> Delivery:

@@ -20,7 +20,9 @@ def test_the_slot_list_shows_booked_against_capacity(admin_client):
 def test_staff_book_inside_the_cutoff_on_the_customers_behalf(admin_client, admin_user):
     slot = make_slot(hours_ahead=2)  # past the customers' 12 h cutoff
     delivery = make_delivery(zone=slot.zone)
-    response = admin_client.post("/admin/scheduling/booking/book/", {"reference": delivery.reference, "slot": slot.pk})
+    response = admin_client.post(
+        "/admin/scheduling/booking/book/", {"reference": delivery.reference, "slot": slot.pk}
+    )
     assert response.status_code == 302
     assert Booking.objects.get(delivery=delivery).slot == slot
     change = BookingChange.objects.get(booking__delivery=delivery)
@@ -31,13 +33,22 @@ def test_staff_book_inside_the_cutoff_on_the_customers_behalf(admin_client, admi
 def test_staff_booking_still_follows_the_other_rules(admin_client):
     slot = make_slot(capacity=0)
     delivery = make_delivery(zone=slot.zone)
-    response = admin_client.post("/admin/scheduling/booking/book/", {"reference": delivery.reference, "slot": slot.pk})
+    response = admin_client.post(
+        "/admin/scheduling/booking/book/", {"reference": delivery.reference, "slot": slot.pk}
+    )
     assert response.status_code == 200
     assert "just filled up" in response.content.decode()
     other = make_slot(zone=make_zone())
-    response = admin_client.post("/admin/scheduling/booking/book/", {"reference": delivery.reference, "slot": other.pk})
+    response = admin_client.post(
+        "/admin/scheduling/booking/book/", {"reference": delivery.reference, "slot": other.pk}
+    )
     assert "choose one of the delivery times" in response.content.decode()
-    assert admin_client.post("/admin/scheduling/booking/book/", {"reference": "NOPE", "slot": slot.pk}).status_code == 200
+    assert (
+        admin_client.post(
+            "/admin/scheduling/booking/book/", {"reference": "NOPE", "slot": slot.pk}
+        ).status_code
+        == 200
+    )
     assert not Booking.objects.exists()
 
 
@@ -57,10 +68,14 @@ def test_the_cancel_action_gives_places_back(admin_client):
     delivery = make_delivery(zone=slot.zone)
     booking_book(delivery=delivery, slot_id=slot.pk)
     booking = Booking.objects.get(delivery=delivery)
-    admin_client.post("/admin/scheduling/booking/", {"action": "cancel_bookings", "_selected_action": [booking.pk]})
+    admin_client.post(
+        "/admin/scheduling/booking/", {"action": "cancel_bookings", "_selected_action": [booking.pk]}
+    )
     assert Slot.objects.get(pk=slot.pk).booked == 0
 
 
-@pytest.mark.parametrize("path", ["zone/", "zone/add/", "slottemplate/", "blackoutdate/", "slot/add/", "booking/", "booking/book/"])
+@pytest.mark.parametrize(
+    "path", ["zone/", "zone/add/", "slottemplate/", "blackoutdate/", "slot/add/", "booking/", "booking/book/"]
+)
 def test_admin_pages_load(admin_client, path):
     assert admin_client.get(f"/admin/scheduling/{path}").status_code == 200

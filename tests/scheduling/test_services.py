@@ -9,7 +9,13 @@ from django.utils import timezone
 
 from scheduling import services
 from scheduling.models import BlackoutDate, Booking, BookingChange, Slot, SlotTemplate
-from scheduling.services import BookingRefused, booking_book, booking_cancel, slot_set_capacity, slots_generate
+from scheduling.services import (
+    BookingRefused,
+    booking_book,
+    booking_cancel,
+    slot_set_capacity,
+    slots_generate,
+)
 from tests.scheduling.factories import make_delivery, make_slot, make_zone
 from tracking.models import OutboundEvent
 
@@ -44,7 +50,11 @@ def test_a_booking_writes_the_contract_event_to_the_outbox_in_local_time():
     assert event.type == "delivery.slot_booked"
     assert event.data == {
         "reference": delivery.reference,
-        "slot": {"start": local.isoformat(), "end": (local + timedelta(hours=2)).isoformat(), "zone": slot.zone.code},
+        "slot": {
+            "start": local.isoformat(),
+            "end": (local + timedelta(hours=2)).isoformat(),
+            "zone": slot.zone.code,
+        },
         "previous": None,
         "by": "customer",
     }
@@ -64,7 +74,11 @@ def test_a_move_releases_the_old_place_and_says_where_it_came_from():
     data = OutboundEvent.objects.filter(delivery=delivery).latest("pk").data
     assert data["previous"] == {"start": old.as_event()["start"], "end": old.as_event()["end"]}
     assert data["by"] == "staff"
-    history = list(BookingChange.objects.filter(booking__delivery=delivery).values_list("action", "from_slot", "to_slot", "by"))
+    history = list(
+        BookingChange.objects.filter(booking__delivery=delivery).values_list(
+            "action", "from_slot", "to_slot", "by"
+        )
+    )
     assert history == [("booked", None, old.pk, "customer"), ("moved", old.pk, new.pk, "staff")]
 
 
@@ -129,7 +143,9 @@ def test_a_slot_of_another_zone_reads_like_an_unknown_one():
     assert slot.booked == 0
 
 
-@pytest.mark.parametrize("bad", [None, "", "abc", "-1", "0", "1.5", "99999999999999999999999", " ", "١٢", True, 2**70, [1]])
+@pytest.mark.parametrize(
+    "bad", [None, "", "abc", "-1", "0", "1.5", "99999999999999999999999", " ", "١٢", True, 2**70, [1]]
+)
 def test_malformed_slot_ids_are_refused_as_invalid(bad):
     delivery = make_delivery(zone=make_zone())
     refused("invalid_slot", delivery=delivery, slot_id=bad)
@@ -175,7 +191,9 @@ def test_refusals_are_translated_into_spanish():
         assert "lleno" in str(error.message)
 
 
-def test_the_confirmation_hook_runs_in_the_transaction_and_the_live_push_after_commit(django_capture_on_commit_callbacks):
+def test_the_confirmation_hook_runs_in_the_transaction_and_the_live_push_after_commit(
+    django_capture_on_commit_callbacks,
+):
     old = make_slot()
     new = make_slot(zone=old.zone, hours_ahead=60)
     delivery = make_delivery(zone=old.zone)
@@ -239,11 +257,17 @@ def test_slots_are_generated_from_templates_once_and_skip_blackouts():
     monday = date(2030, 3, 4)
     SlotTemplate.objects.create(zone=zone, weekday=0, start_time=time(8), end_time=time(10), capacity=5)
     SlotTemplate.objects.create(zone=zone, weekday=1, start_time=time(8), end_time=time(10), capacity=5)
-    SlotTemplate.objects.create(zone=zone, weekday=2, start_time=time(8), end_time=time(10), capacity=5, active=False)
+    SlotTemplate.objects.create(
+        zone=zone, weekday=2, start_time=time(8), end_time=time(10), capacity=5, active=False
+    )
     BlackoutDate.objects.create(zone=zone, date=monday + timedelta(days=1))
     assert slots_generate(days_ahead=14, today=monday, zones=[zone]) == 3  # two Mondays, one Tuesday
     assert slots_generate(days_ahead=14, today=monday, zones=[zone]) == 0
-    assert [s.local_start.strftime("%a %H:%M") for s in Slot.objects.filter(zone=zone)] == ["Mon 08:00", "Mon 08:00", "Tue 08:00"]
+    assert [s.local_start.strftime("%a %H:%M") for s in Slot.objects.filter(zone=zone)] == [
+        "Mon 08:00",
+        "Mon 08:00",
+        "Tue 08:00",
+    ]
 
 
 def test_generated_slots_keep_their_wall_clock_time_across_dst():

@@ -20,7 +20,10 @@ def url(delivery) -> str:
 
 def radios(html: str) -> dict[int, str]:
     """slot id -> the whole <input> tag, for every radio named `slot`."""
-    return {int(m.group(1)): m.group(0) for m in re.finditer(r'<input type="radio" name="slot" value="(\d+)"[^>]*>', html)}
+    return {
+        int(m.group(1)): m.group(0)
+        for m in re.finditer(r'<input type="radio" name="slot" value="(\d+)"[^>]*>', html)
+    }
 
 
 @pytest.fixture
@@ -50,7 +53,9 @@ def test_slots_are_grouped_by_day_in_the_zones_time_zone(client, zone):
     html = client.get(url(make_delivery(zone=zone))).content.decode()
     local_day = timezone.localtime(first.start, zone.tzinfo).date()
     assert f'id="day-{local_day:%Y-%m-%d}"' in html
-    assert timezone.localtime(first.start, zone.tzinfo).strftime("%-I:%M").lstrip("0") in html.replace(" a.m.", "").replace(" p.m.", "")
+    assert timezone.localtime(first.start, zone.tzinfo).strftime("%-I:%M").lstrip("0") in html.replace(
+        " a.m.", ""
+    ).replace(" p.m.", "")
 
 
 def test_nearly_full_slots_say_few_left_and_the_current_booking_is_marked(client, zone):
@@ -162,7 +167,9 @@ def test_unknown_tokens_get_the_same_404_page(client, token):
 
 def test_revoked_and_expired_links_get_the_same_404_page(client, zone):
     revoked = make_delivery(zone=zone, token_revoked_at=timezone.now())
-    expired = make_delivery(zone=zone, status="delivered", status_at=timezone.now() - timezone.timedelta(days=30))
+    expired = make_delivery(
+        zone=zone, status="delivered", status_at=timezone.now() - timezone.timedelta(days=30)
+    )
     unknown = client.get("/t/unknown-token-xyz/slots/")
     for delivery in (revoked, expired):
         response = client.get(url(delivery))
@@ -217,3 +224,10 @@ def test_the_page_costs_a_constant_number_of_queries(client, zone, django_assert
         make_slot(zone=zone, hours_ahead=40 + i * 3)
     with django_assert_max_num_queries(len(few.captured_queries)):
         client.get(url(delivery))
+
+
+def test_the_page_keeps_its_url_from_other_sites_but_lets_its_own_form_post(client, zone):
+    # "no-referrer" would make browsers send Origin: null on the plain POST (CSRF 403).
+    response = client.get(url(make_delivery(zone=zone)))
+    assert response["Referrer-Policy"] == "same-origin"
+    assert response["X-Robots-Tag"] == "noindex"

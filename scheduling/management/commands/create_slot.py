@@ -21,7 +21,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--zone", required=True, help="zone code")
-        parser.add_argument("--start", required=True, help="ISO 8601; without an offset, the zone's local time")
+        parser.add_argument(
+            "--start", required=True, help="ISO 8601; without an offset, the zone's local time"
+        )
         parser.add_argument("--end", required=True, help="ISO 8601; without an offset, the zone's local time")
         parser.add_argument("--capacity", required=True, type=int)
         parser.add_argument("--timezone", default="UTC", help="IANA time zone of a new zone (default UTC)")

@@ -13,7 +13,10 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
-            "--days", type=int, default=None, help=f"days ahead (default {settings.PORCHLIGHT_SLOT_DAYS_AHEAD})"
+            "--days",
+            type=int,
+            default=None,
+            help=f"days ahead (default {settings.PORCHLIGHT_SLOT_DAYS_AHEAD})",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
