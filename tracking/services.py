@@ -76,7 +76,7 @@ def events_ingest(*, raw_events: list[Any], source: str = "routing") -> list[dic
         try:
             with transaction.atomic():
                 _apply(batch, parsed)
-                _keep_rejected(batch, rejected)
+                _keep_rejected(batch, rejected, parsed)
                 notifications_for_changes(changes=batch.changes)
                 transaction.on_commit(_publisher(batch))
             break
@@ -102,17 +102,23 @@ def _publisher(batch: _Batch) -> Any:
     return publish
 
 
-def _keep_rejected(batch: _Batch, rejected: list[tuple[int, object, dict[str, str]]]) -> None:
+def _keep_rejected(
+    batch: _Batch, rejected: list[tuple[int, object, dict[str, str]]], parsed: list[tuple[int, Event]]
+) -> None:
     if not rejected:
         return
     # "Not applied again (duplicate), whatever its body": a bad body under an id we already
     # hold (from an earlier request or earlier in this batch) is a duplicate, not a rejection.
     ids = {event_id for _, raw, _ in rejected if (event_id := event_id_of(raw)) is not None}
-    known = set(InboundEvent.objects.filter(event_id__in=ids).values_list("event_id", flat=True)) if ids else set()
+    held = InboundEvent.objects.filter(event_id__in=ids - batch.claimed) if ids else InboundEvent.objects.none()
+    before = set(held.values_list("event_id", flat=True))
+    first_valid: dict[str, int] = {}
+    for index, event in parsed:
+        first_valid.setdefault(event.id, index)
     kept = []
     for index, raw, errors in rejected:
         event_id = event_id_of(raw)
-        if event_id in known:
+        if event_id is not None and (event_id in before or first_valid.get(event_id, index) < index):
             batch.results[index] = {"id": event_id, "result": "duplicate"}
         else:
             kept.append((raw, errors))
