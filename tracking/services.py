@@ -110,8 +110,8 @@ def _keep_rejected(
     # "Not applied again (duplicate), whatever its body": a bad body under an id we already
     # hold (from an earlier request or earlier in this batch) is a duplicate, not a rejection.
     ids = {event_id for _, raw, _ in rejected if (event_id := event_id_of(raw)) is not None}
-    held = InboundEvent.objects.filter(event_id__in=ids - batch.claimed) if ids else InboundEvent.objects.none()
-    before = set(held.values_list("event_id", flat=True))
+    held = InboundEvent.objects.filter(event_id__in=ids - batch.claimed)
+    before = set(held.values_list("event_id", flat=True)) if ids else set()
     first_valid: dict[str, int] = {}
     for index, event in parsed:
         first_valid.setdefault(event.id, index)
@@ -424,9 +424,8 @@ def _add_tracking_urls(batch: _Batch, parsed: list[tuple[int, Event]]) -> None:
             "event_id", "reference"
         )
     )
-    tokens = dict(
-        Delivery.objects.filter(reference__in=set(references.values())).values_list("reference", "tracking_token")
-    )
+    deliveries = Delivery.objects.filter(reference__in=set(references.values()))
+    tokens = dict(deliveries.values_list("reference", "tracking_token"))
     base = settings.PORCHLIGHT_PUBLIC_URL
     for index, event in upserts.items():
         token = tokens.get(references.get(event.id, ""))
