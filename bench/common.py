@@ -55,6 +55,8 @@ SECRET = "bench-routing-secret"
 SKIPPED = 3
 
 T = TypeVar("T")
+# Logs of the processes started by this benchmark (other benchmarks may run at the same time).
+_our_logs: list[Path] = []
 
 
 # --- services ---------------------------------------------------------------------------
@@ -200,6 +202,7 @@ def process(
     """A subprocess logging to var/bench/<name>.log, waited for until `ready()`, stopped at the end."""
     LOGS.mkdir(parents=True, exist_ok=True)
     log = open(LOGS / f"{name}.log", "wb")  # noqa: SIM115 (closed below)
+    _our_logs.append(LOGS / f"{name}.log")
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
@@ -248,7 +251,8 @@ def celery_worker(
     log_path.unlink(missing_ok=True)
     command = [
         sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO",
-        f"--concurrency={concurrency}", "--without-gossip", "--without-mingle", "-n", f"{name}-{os.getpid()}@%h",
+        f"--concurrency={concurrency}", "--without-gossip", "--without-mingle",
+        "-n", f"{name}-{os.getpid()}@%h",
     ]  # fmt: skip
 
     def ready() -> bool:
@@ -259,18 +263,18 @@ def celery_worker(
 
 
 def log_count(pattern: str, *, since: dict[Path, int] | None = None) -> int:
-    """How many lines of the server logs in var/bench/ contain `pattern` (regex), counting only
-    what was written after `since` (from `log_marks()`) when given."""
+    """How many lines of the logs of the processes this benchmark started contain `pattern`
+    (regex), counting only what was written after `since` (from `log_marks()`) when given."""
     total = 0
     rx = re.compile(pattern.encode())
-    for path in LOGS.glob("*.log"):
+    for path in _our_logs:
         data = path.read_bytes()[(since or {}).get(path, 0) :]
         total += sum(1 for line in data.splitlines() if rx.search(line))
     return total
 
 
 def log_marks() -> dict[Path, int]:
-    return {path: path.stat().st_size for path in LOGS.glob("*.log")} if LOGS.exists() else {}
+    return {path: path.stat().st_size for path in _our_logs}
 
 
 # --- requests ---------------------------------------------------------------------------
@@ -374,12 +378,11 @@ def load(
 ) -> LoadResult:
     """Send `requests` (each once, in order) over `concurrency` keep-alive connections spread over
     `urls`, from a separate process; stop when they run out or after `duration` seconds.
-    `rate` (req/s, open loop) needs the Python client; otherwise "auto" takes wrk when installed."""
-    use_wrk = client == "wrk" or (client == "auto" and rate is None and wrk_available())
+    `rate` (req/s, open loop) needs the Python client; "auto" takes wrk for timed runs when installed."""
+    # wrk always runs for its whole -d, even once the requests ran out: only timed runs use it.
+    use_wrk = client == "wrk" or (client == "auto" and rate is None and bool(duration) and wrk_available())
     if use_wrk:
-        return _load_wrk(
-            urls, requests, concurrency=concurrency, duration=duration or 3600.0, timeout=timeout
-        )
+        return _load_wrk(urls, requests, concurrency=concurrency, duration=duration or 10.0, timeout=timeout)
     spec = {
         "urls": list(urls),
         "requests": [(r.method, r.path, r.headers, r.body) for r in requests],
@@ -408,8 +411,20 @@ def load(
 
 
 _WRK_SCRIPT = r"""
+-- wrk's own clock is not visible to scripts; LuaJIT's ffi reads the wall clock, so that the
+-- elapsed time runs from the first request to the last answer, not to the end of -d.
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_usec; } bench_timeval;
+int gettimeofday(bench_timeval *tv, void *tz);
+]]
+local tv = ffi.new("bench_timeval")
+local function now_us()
+  ffi.C.gettimeofday(tv, nil)
+  return tonumber(tv.tv_sec) * 1000000 + tonumber(tv.tv_usec)
+end
 local requests, count, index = {}, 0, 0
-statuses = {}
+statuses, first_us, last_us = {}, 0, 0
 function init(args)
   local file = assert(io.open(args[1], "rb"))
   local data = file:read("*a")
@@ -424,8 +439,10 @@ function init(args)
   end
 end
 function request()
+  if first_us == 0 then first_us = now_us() end
   index = index + 1
   if index > count then
+    -- Out of requests: this thread stops (wrk itself still waits for -d to pass).
     wrk.thread:stop()
     return requests[count]
   end
@@ -433,21 +450,25 @@ function request()
 end
 function response(status, headers, body)
   statuses[status] = (statuses[status] or 0) + 1
+  last_us = now_us()
 end
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 function done(summary, latency, requests_)
-  local merged = {}
+  local merged, first, last = {}, 0, 0
   for _, thread in ipairs(threads) do
     for status, n in pairs(thread:get("statuses")) do merged[status] = (merged[status] or 0) + n end
+    local f, l = thread:get("first_us"), thread:get("last_us")
+    if f > 0 and (first == 0 or f < first) then first = f end
+    if l > last then last = l end
   end
   local parts = {}
   for status, n in pairs(merged) do table.insert(parts, string.format('"%d": %d', status, n)) end
   local e = summary.errors
   io.write(string.format(
-    'BENCH {"statuses": {%s}, "elapsed_us": %d, "p50": %d, "p90": %d, "p99": %d, "p999": %d, ' ..
-    '"connect": %d, "read": %d, "write": %d, "timeout": %d}\n',
-    table.concat(parts, ", "), summary.duration, latency:percentile(50), latency:percentile(90),
+    'BENCH {"statuses": {%s}, "first_us": %.0f, "last_us": %.0f, "p50": %d, "p90": %d, "p99": %d, ' ..
+    '"p999": %d, "connect": %d, "read": %d, "write": %d, "timeout": %d}\n',
+    table.concat(parts, ", "), first, last, latency:percentile(50), latency:percentile(90),
     latency:percentile(99), latency:percentile(99.9), e.connect, e.read, e.write, e.timeout))
 end
 """
@@ -483,7 +504,7 @@ def _load_wrk(
         outputs = [proc.communicate()[0] for proc in procs]
     statuses: Counter[int] = Counter()
     errors: Counter[str] = Counter()
-    elapsed = 0.0
+    first, last = float("inf"), 0.0
     quantiles: dict[float, list[float]] = {50: [], 90: [], 99: [], 99.9: []}
     for output in outputs:
         match = re.search(r"^BENCH (.*)$", output, re.MULTILINE)
@@ -492,7 +513,8 @@ def _load_wrk(
         out = json.loads(match.group(1))
         statuses.update({int(k): v for k, v in out["statuses"].items()})
         errors.update({k: out[k] for k in ("connect", "read", "write", "timeout") if out[k]})
-        elapsed = max(elapsed, out["elapsed_us"] / 1e6)
+        if out["first_us"]:
+            first, last = min(first, out["first_us"] / 1e6), max(last, out["last_us"] / 1e6)
         for q, key in ((50, "p50"), (90, "p90"), (99, "p99"), (99.9, "p999")):
             quantiles[q].append(out[key] / 1e6)
     # Only what completed counts as sent: requests still in flight when wrk stopped are not
@@ -504,7 +526,7 @@ def _load_wrk(
         sent=sent,
         statuses=statuses,
         errors=dict(errors),
-        elapsed=elapsed,
+        elapsed=max(0.0, last - first),
         latencies=[],
         # Several wrk processes: the worst of their percentiles (an upper bound, never flattering).
         quantiles={q: max(values) for q, values in quantiles.items()},
