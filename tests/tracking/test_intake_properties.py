@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import signed_post
 from tests.tracking.intake_events import LIFECYCLE, at, eta, ping, proof, status, upserted
-from tracking import services
+from tracking import services, signing
 from tracking.models import Delivery, InboundEvent
 
 pytestmark = pytest.mark.django_db
@@ -207,3 +207,38 @@ def test_schema_shaped_events_with_random_values_never_give_a_5xx_or_lose_the_go
     mine = results[items.index(good)]
     assert mine["result"] == "accepted" and mine["tracking_url"].endswith("/")
     assert Delivery.objects.filter(reference=reference).exists()
+
+
+# --- headers a sender controls ------------------------------------------------------------
+
+header_text = st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=300)
+
+
+header_pieces = st.lists(st.sampled_from(["t=", "v1=", "v0=", ",", "=", " ", "1763", "a" * 64, "-"])).map(
+    "".join
+)
+
+
+@settings(FIXTURE_SETTINGS, max_examples=300 * SCALE)
+@given(header=header_text | header_pieces)
+def test_the_signature_parser_only_ever_raises_a_signature_error(header):
+    try:
+        parsed = signing.parse(header)
+    except signing.SignatureError as error:
+        assert error.code in ("missing_signature", "invalid_signature")
+    else:
+        assert parsed.signatures and all(len(s) == 64 for s in parsed.signatures)
+
+
+@settings(FIXTURE_SETTINGS, max_examples=150 * SCALE)
+@given(content_type=header_text, signature=header_text)
+def test_random_content_type_and_signature_headers_never_give_a_5xx(client, content_type, signature):
+    response = client.post(
+        "/api/v1/events",
+        data=b'{"id": "x"}',
+        content_type=content_type,
+        headers={signing.HEADER: signature},
+        CONTENT_TYPE=content_type,
+    )
+    assert response.status_code in (401, 415)
+    assert set(response.json()) == {"error", "detail"}
