@@ -325,6 +325,11 @@ def day_plan(day: int, *, seed: int) -> DayPlan:
 # --- contract-shaped events (routing-events.md, section 1) ------------------------------
 
 
+def seed_event_id(reference: str, what: str) -> str:
+    """The stable ids of demo_data's events, which make running it again change nothing."""
+    return f"demo-{reference}-{what}"
+
+
 def rfc3339(moment: datetime) -> str:
     return moment.astimezone(ZoneInfo(TIMEZONE)).isoformat(timespec="microseconds")
 

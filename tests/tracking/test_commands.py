@@ -197,6 +197,8 @@ def test_simulate_drives_a_whole_day_through_the_http_intake(live_server):
     assert len(links) == len(demo.ROUTED)
     assert all(Delivery.objects.get(reference=ref).tracking_token == token for ref, _, token in links)
     assert "ORD-10045 attempt_failed" in output
+    # The first day's "scheduled" was demo_data's (a duplicate); the second day's is new.
+    assert InboundEvent.objects.filter(payload__data__status="scheduled").count() == 2 * len(demo.ROUTED)
 
     # demo_data again (a second `make run`) leaves what the simulator did alone.
     before = dict(Delivery.objects.values_list("reference", "status"))

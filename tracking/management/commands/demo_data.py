@@ -27,7 +27,10 @@ def demo_events(*, now: Any) -> list[dict[str, Any]]:
         window = demo.promised_window(delivery, now=now)
         events.append(
             demo.upserted_event(
-                delivery, event_id=f"demo-{delivery.reference}-upserted", occurred_at=now, window=window
+                delivery,
+                event_id=demo.seed_event_id(delivery.reference, "upserted"),
+                occurred_at=now,
+                window=window,
             )
         )
         if window is not None:
@@ -36,7 +39,7 @@ def demo_events(*, now: Any) -> list[dict[str, Any]]:
                 demo.status_event(
                     delivery.reference,
                     "scheduled",
-                    event_id=f"demo-{delivery.reference}-scheduled",
+                    event_id=demo.seed_event_id(delivery.reference, "scheduled"),
                     occurred_at=now,
                 )
             )

@@ -162,8 +162,13 @@ class Simulator:
                 who = f" with {happening.driver.name}" if happening.driver else ""
                 why = f" ({happening.reason})" if happening.reason else ""
                 self.write(f"{occurred.astimezone():%H:%M:%S} {reference} {happening.status}{who}{why}")
+            event_id = self.next_id()
+            if self.plan.day == 0 and happening.status == "scheduled":
+                # demo_data already said so under this id: a duplicate, not a second "Scheduled"
+                # in the page's timeline.
+                event_id = demo.seed_event_id(reference, "scheduled")
             return demo.status_event(
-                reference, happening.status, event_id=self.next_id(), occurred_at=occurred,
+                reference, happening.status, event_id=event_id, occurred_at=occurred,
                 driver=happening.driver, reason=happening.reason,
             )  # fmt: skip
         if happening.kind == "eta":
