@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, time, timedelta
 
 import pytest
 from django.test import Client
@@ -49,13 +50,13 @@ def test_the_page_lists_the_zones_slots_as_radios_and_disables_full_and_late_one
 
 
 def test_slots_are_grouped_by_day_in_the_zones_time_zone(client, zone):
-    first = make_slot(zone=zone, hours_ahead=30)
+    # 23:30 in Chicago is already the next day in UTC: the day must be Chicago's.
+    local_day = timezone.localtime(timezone.now(), zone.tzinfo).date() + timedelta(days=2)
+    start = datetime.combine(local_day, time(23, 30), tzinfo=zone.tzinfo)
+    make_slot(zone=zone, start=start, length_hours=0.5)
     html = client.get(url(make_delivery(zone=zone))).content.decode()
-    local_day = timezone.localtime(first.start, zone.tzinfo).date()
     assert f'id="day-{local_day:%Y-%m-%d}"' in html
-    assert timezone.localtime(first.start, zone.tzinfo).strftime("%-I:%M").lstrip("0") in html.replace(
-        " a.m.", ""
-    ).replace(" p.m.", "")
+    assert "11:30 p.m. \u2013 midnight" in html
 
 
 def test_nearly_full_slots_say_few_left_and_the_current_booking_is_marked(client, zone):
