@@ -54,6 +54,7 @@ class FakeRoutingBackend:
         self.status = 200
         self.statuses: list[int] = []
         self.hang = False
+        self.error_body = b'{"error":"unavailable"}'
         self._release = threading.Event()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
@@ -96,11 +97,13 @@ class FakeRoutingBackend:
                 status = backend._record(self.path, dict(self.headers.items()), body)
                 if backend.hang:
                     backend._release.wait(timeout=30)
-                reply = b'{"ok":true}' if status < 300 else b'{"error":"unavailable"}'
+                reply = b'{"ok":true}' if status < 300 else backend.error_body
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(reply)))
+                    if 300 <= status < 400:
+                        self.send_header("Location", "/elsewhere")
                     self.end_headers()
                     self.wfile.write(reply)
                 except OSError:

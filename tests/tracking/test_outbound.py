@@ -182,7 +182,7 @@ def test_backoff_grows_exponentially_with_full_jitter_under_the_cap() -> None:
 
 def _fail_with(kind: str, backend: FakeRoutingBackend, settings: Any) -> str:
     """Make the next POST fail in the way `kind` says; return what last_error must mention."""
-    if kind in ("500", "503"):
+    if kind in ("500", "503", "302"):
         backend.status = int(kind)
         return f"HTTP {kind}"
     if kind == "timeout":
@@ -192,7 +192,7 @@ def _fail_with(kind: str, backend: FakeRoutingBackend, settings: Any) -> str:
     return "ConnectionError"
 
 
-@pytest.mark.parametrize("kind", ["500", "503", "timeout", "refused"])
+@pytest.mark.parametrize("kind", ["500", "503", "302", "timeout", "refused"])
 def test_a_failed_post_is_requeued_with_backoff_and_sent_when_the_backend_answers(
     backend: FakeRoutingBackend, settings: Any, kind: str
 ) -> None:
@@ -223,6 +223,22 @@ def test_a_failed_post_is_requeued_with_backoff_and_sent_when_the_backend_answer
         row.next_attempt_at,
     )
     assert backend.ids()[-1] == row.event_id
+
+
+def test_a_redirect_is_not_followed(backend: FakeRoutingBackend) -> None:
+    backend.status = 307
+    row = enqueue_unsent()
+    assert outbound_deliver(outbound_id=row.pk) is not None
+    assert [request.path for request in backend.received] == ["/routing/events"]
+
+
+def test_a_huge_error_page_is_cut_to_the_few_bytes_last_error_keeps(backend: FakeRoutingBackend) -> None:
+    backend.status = 500
+    backend.error_body = b"x" * (8 * 1024 * 1024)
+    row = enqueue_unsent()
+    outbound_deliver(outbound_id=row.pk)
+    row.refresh_from_db()
+    assert row.last_error == "HTTP 500: " + "x" * outbound.ERROR_BODY_BYTES
 
 
 def test_a_row_is_not_tried_before_its_time(backend: FakeRoutingBackend) -> None:
