@@ -232,3 +232,18 @@ def test_the_page_keeps_its_url_from_other_sites_but_lets_its_own_form_post(clie
     response = client.get(url(make_delivery(zone=zone)))
     assert response["Referrer-Policy"] == "same-origin"
     assert response["X-Robots-Tag"] == "noindex"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"slot=" + b"1" * (2 * 1024 * 1024),  # over the 1 MiB body limit
+        b"&".join(b"f%d=1" % i for i in range(2000)) + b"&slot=1",  # too many fields
+        b"slot=%ff%fe%00",  # not UTF-8
+    ],
+)
+def test_oversized_and_garbled_bodies_get_400_not_500(client, zone, body):
+    delivery = make_delivery(zone=zone)
+    response = client.post(url(delivery), data=body, content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 400
+    assert not Booking.objects.filter(delivery=delivery).exists()
