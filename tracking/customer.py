@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
-from tracking.models import Delivery, EventResult, InboundEvent, Status
+from tracking.models import Delivery, DeliveryProof, Driver, EventResult, InboundEvent, Status
 from tracking.outbound import outbound_enqueue
 
 # Tokens are secrets.token_urlsafe(24) (32 chars); anything outside this shape is not looked up.
@@ -60,7 +62,69 @@ def delivery_for_token(*, token: str) -> Delivery | None:
     return delivery
 
 
-def delivery_proof(delivery: Delivery) -> object | None:
+@dataclass(frozen=True)
+class PageVersion:
+    """What a tracking page depends on, read in one small query (no ORM compilation)."""
+
+    delivery_id: int
+    locale: str
+    key: str  # changes whenever anything the page shows changes
+
+
+def _version_sql() -> str:
+    q = connection.ops.quote_name
+    delivery, driver, proof = Delivery._meta.db_table, Driver._meta.db_table, DeliveryProof._meta.db_table
+    # Only quoted identifiers are formatted in; the token is a query parameter.
+    return (
+        f"SELECT d.{q('id')}, d.{q('updated_at')}, d.{q('status')}, d.{q('status_at')}, "  # noqa: S608
+        f"d.{q('token_revoked_at')}, d.{q('locale')}, r.{q('updated_at')}, p.{q('occurred_at')} "
+        f"FROM {q(delivery)} d LEFT JOIN {q(driver)} r ON r.{q('id')} = d.{q('driver_id')} "
+        f"LEFT JOIN {q(proof)} p ON p.{q('delivery_id')} = d.{q('id')} "
+        f"WHERE d.{q('tracking_token')} = %s"
+    )
+
+
+def _aware(value: Any) -> datetime | None:
+    # PostgreSQL gives aware datetimes; SQLite gives naive ones (or text) in UTC.
+    if value is None:
+        return None
+    parsed = value if isinstance(value, datetime) else parse_datetime(str(value))
+    return parsed.replace(tzinfo=UTC) if parsed and parsed.tzinfo is None else parsed
+
+
+def page_version(*, token: str) -> PageVersion | None:
+    """The version of the page behind a usable token, or None (same cases as delivery_for_token).
+
+    The hot path of the page: a revisit (304) or a page already rendered costs only this.
+    """
+    if not isinstance(token, str) or not TOKEN_SHAPE.fullmatch(token):
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(_version_sql(), [token])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    pk, updated_at, status, status_at, revoked_at, locale, driver_at, proof_at = row
+    probe = Delivery(status=status, status_at=_aware(status_at), token_revoked_at=_aware(revoked_at))
+    if not probe.token_is_usable(now=timezone.now()):
+        return None
+    stamps = [_aware(value) for value in (updated_at, driver_at, proof_at)]
+    key = "|".join([str(pk), *(stamp.isoformat() if stamp else "" for stamp in stamps)])
+    return PageVersion(delivery_id=pk, locale=locale, key=key)
+
+
+def page_version_of(delivery: Delivery) -> str:
+    """The same key as page_version, from a loaded delivery."""
+    proof = delivery_proof(delivery)
+    stamps = [
+        delivery.updated_at,
+        delivery.driver.updated_at if delivery.driver else None,
+        proof.occurred_at if proof else None,
+    ]
+    return "|".join([str(delivery.pk), *(stamp.isoformat() if stamp else "" for stamp in stamps)])
+
+
+def delivery_proof(delivery: Delivery) -> DeliveryProof | None:
     try:
         return delivery.proof
     except Delivery.proof.RelatedObjectDoesNotExist:  # type: ignore[attr-defined]
@@ -96,11 +160,15 @@ def delivery_zone(delivery: Delivery) -> ZoneInfo:
 
 
 def delivery_language(delivery: Delivery, requested: str | None = None) -> str:
+    return language_for(delivery.locale, requested)
+
+
+def language_for(locale: str, requested: str | None = None) -> str:
     """The page language: the visible switch wins, else the delivery's locale, else English."""
     supported = {code for code, _ in settings.LANGUAGES}
     if requested in supported:
         return str(requested)
-    primary = (delivery.locale or "").split("-")[0].lower()
+    primary = (locale or "").split("-")[0].lower()
     return primary if primary in supported else settings.LANGUAGE_CODE
 
 

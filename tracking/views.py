@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -16,7 +18,9 @@ from django import forms
 from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.middleware.csrf import get_token
 from django.shortcuts import render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone, translation
 from django.utils.translation import gettext_lazy as _
@@ -38,7 +42,10 @@ from tracking.customer import (
     delivery_timeline,
     delivery_update_instructions,
     delivery_zone,
+    language_for,
     mask_codes,
+    page_version,
+    page_version_of,
 )
 from tracking.models import Delivery, DeliveryProof, Status
 
@@ -90,20 +97,15 @@ def _client_key(request: HttpRequest) -> str:
     return "tracking-miss:" + hashlib.sha256(request.META.get("REMOTE_ADDR", "").encode()).hexdigest()[:32]
 
 
-def _throttled(request: HttpRequest) -> bool:
-    try:
-        return int(cache.get(_client_key(request)) or 0) >= MISS_LIMIT
-    except Exception:  # a cache outage must not take the page down
-        return False
-
-
-def _count_miss(request: HttpRequest) -> None:
+def _count_miss(request: HttpRequest) -> int:
+    """Count one unknown token for this client; returns its misses in the window."""
     key = _client_key(request)
     try:
         cache.add(key, 0, MISS_WINDOW)
-        cache.incr(key)
-    except Exception:
+        return int(cache.incr(key))
+    except Exception:  # a cache outage must not take the page down
         logger.warning("could not count a tracking miss", exc_info=True)
+        return 0
 
 
 def _refused(request: HttpRequest, *, throttled: bool = False) -> HttpResponse:
@@ -116,12 +118,12 @@ def _refused(request: HttpRequest, *, throttled: bool = False) -> HttpResponse:
 
 
 def _get_delivery(request: HttpRequest, token: str) -> tuple[Delivery | None, HttpResponse | None]:
-    if _throttled(request):
-        return None, _refused(request, throttled=True)
+    # The lookup comes first, so a page view costs no cache round trip; only misses are
+    # counted. A throttled client gets 429 for every miss; with 128-bit tokens a hit is never
+    # what the throttle prevents, the load and the noise of a scan are.
     delivery = delivery_for_token(token=token)
     if delivery is None:
-        _count_miss(request)
-        return None, _refused(request)
+        return None, _refused(request, throttled=_count_miss(request) > MISS_LIMIT)
     return delivery, None
 
 
@@ -133,18 +135,39 @@ def _page_url(delivery: Delivery, language: str, name: str = "tracking_page") ->
     return reverse(name, args=[delivery.tracking_token]) + "?" + urlencode({"lang": language})
 
 
-def _etag(request: HttpRequest, delivery: Delivery, language: str, kind: str) -> str:
-    proof = delivery_proof(delivery)
-    parts = [
-        kind,
-        language,
-        delivery.updated_at.isoformat(),
-        delivery.driver.updated_at.isoformat() if delivery.driver else "",
-        proof.occurred_at.isoformat() if proof else "",  # type: ignore[attr-defined]
-        # The forms carry a CSRF token made from the cookie: a new cookie is a new page.
-        request.COOKIES.get(settings.CSRF_COOKIE_NAME, ""),
-    ]
-    return '"' + hashlib.sha256("|".join(parts).encode()).hexdigest()[:32] + '"'
+def _etag(request: HttpRequest, versions: str) -> str:
+    # The forms carry a CSRF token made from the cookie's secret: a new cookie is a new page.
+    cookie = request.COOKIES.get(settings.CSRF_COOKIE_NAME, "")
+    return '"' + hashlib.sha256(f"{versions}|{cookie}".encode()).hexdigest()[:32] + '"'
+
+
+class _RenderedPages:
+    """Rendered pages by version, per process: a state change makes a new key, so nothing is
+    ever invalidated by hand, and the least recently used page falls out past `size`."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.pages: OrderedDict[str, str] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: str) -> str | None:
+        with self.lock:
+            page = self.pages.get(key)
+            if page is not None:
+                self.pages.move_to_end(key)
+            return page
+
+    def put(self, key: str, page: str) -> None:
+        with self.lock:
+            self.pages[key] = page
+            self.pages.move_to_end(key)
+            while len(self.pages) > self.size:
+                self.pages.popitem(last=False)
+
+
+# Rendered once with this in place of the CSRF token; each response gets its visitor's own.
+CSRF_PLACEHOLDER = "porchlight-csrf-placeholder"
+_rendered = _RenderedPages(size=2048)
 
 
 class InstructionsForm(forms.Form):
@@ -212,51 +235,62 @@ def _context(request: HttpRequest, delivery: Delivery, language: str, **extra: A
         "dest_lon": round(delivery.lon, DESTINATION_DECIMALS),
         "instructions_form": extra.pop("instructions_form", None) or InstructionsForm(),
         "feedback_form": extra.pop("feedback_form", None) or FeedbackForm(),
-        "now": timezone.now(),
         **extra,
     }
 
 
 def _render(
-    request: HttpRequest,
-    delivery: Delivery,
-    template: str,
-    *,
-    status: int = 200,
-    etag_kind: str = "",
-    **extra: Any,
+    request: HttpRequest, delivery: Delivery, template: str, *, status: int, **extra: Any
 ) -> HttpResponse:
+    """A page or region for one visitor (after a POST): rendered, never cached."""
     language = _language(request, delivery)
-    etag = _etag(request, delivery, language, etag_kind) if etag_kind else ""
-    if etag and etag in request.headers.get("If-None-Match", ""):
+    with translation.override(language), timezone.override(delivery_zone(delivery)):
+        response = render(request, template, _context(request, delivery, language, **extra), status=status)
+    response["Content-Language"] = language
+    response["Vary"] = "Cookie, HX-Request"
+    return _secured(response)
+
+
+def _cached_get(request: HttpRequest, token: str, template: str) -> HttpResponse:
+    """GET of the page or its snapshot: 304 when unchanged, else the rendered page of this
+    version if this process has it, else render it. One small query when nothing changed."""
+    version = page_version(token=token)
+    if version is None:
+        return _refused(request, throttled=_count_miss(request) > MISS_LIMIT)
+    language = language_for(version.locale, request.GET.get("lang"))
+    key = f"{template}|{language}|{version.key}"
+    etag = _etag(request, key)
+    if etag in request.headers.get("If-None-Match", ""):
         response = HttpResponse(status=304)
     else:
-        with translation.override(language), timezone.override(delivery_zone(delivery)):
-            response = render(
-                request, template, _context(request, delivery, language, **extra), status=status
-            )
-            response["Content-Language"] = language
-    if etag:
-        response["ETag"] = etag
+        body = _rendered.get(key)
+        if body is None:
+            delivery = delivery_for_token(token=token)
+            if delivery is None:  # revoked between the two reads
+                return _refused(request)
+            with translation.override(language), timezone.override(delivery_zone(delivery)):
+                context = _context(request, delivery, language)
+                context["csrf_token"] = CSRF_PLACEHOLDER
+                body = render_to_string(template, context, request=request)
+            # Keyed by what was rendered: a change between the two reads is never filed under
+            # the older version.
+            _rendered.put(f"{template}|{language}|{page_version_of(delivery)}", body)
+        response = HttpResponse(body.replace(CSRF_PLACEHOLDER, get_token(request)))
+        response["Content-Language"] = language
+    response["ETag"] = etag
     response["Vary"] = "Cookie, HX-Request"
     return _secured(response)
 
 
 @require_safe
 def tracking_page(request: HttpRequest, token: str) -> HttpResponse:
-    delivery, refusal = _get_delivery(request, token)
-    if delivery is None:
-        return refusal  # type: ignore[return-value]
-    return _render(request, delivery, "tracking/page.html", etag_kind="page")
+    return _cached_get(request, token, "tracking/page.html")
 
 
 @require_safe
 def tracking_state(request: HttpRequest, token: str) -> HttpResponse:
     """The live-state region alone: the snapshot a page re-reads after a gap or reconnect."""
-    delivery, refusal = _get_delivery(request, token)
-    if delivery is None:
-        return refusal  # type: ignore[return-value]
-    return _render(request, delivery, "tracking/page.html#live-state", etag_kind="state")
+    return _cached_get(request, token, "tracking/page.html#live-state")
 
 
 @require_POST

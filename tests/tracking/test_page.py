@@ -171,9 +171,11 @@ def test_a_client_that_keeps_missing_is_throttled_even_with_a_spoofed_forwarded_
         assert client.get(f"/t/{'x' * 22}{n:010d}/").status_code == 404
     throttled = client.get(f"/t/{'y' * 32}/", HTTP_X_FORWARDED_FOR=f"10.0.0.{n}")
     assert throttled.status_code == 429
-    assert client.get(page_url(delivery), HTTP_X_FORWARDED_FOR="10.9.9.9").status_code == 429
+    assert client.get(f"/t/{'w' * 32}/", HTTP_X_FORWARDED_FOR="10.9.9.9").status_code == 429
     other = Client(REMOTE_ADDR="192.0.2.7")
-    assert other.get(page_url(delivery)).status_code == 200
+    assert other.get(f"/t/{'v' * 32}/").status_code == 404
+    # A real link still opens (a shared NAT must not lock a customer out of their own page).
+    assert client.get(page_url(delivery)).status_code == 200
 
 
 def test_no_personal_data_reaches_the_page(client: Client) -> None:
@@ -349,3 +351,28 @@ def test_reschedule_is_the_main_action_after_a_failed_attempt(client: Client) ->
     assert "/slots/" not in client.get(page_url(moving)).content.decode()
     no_zone = make_delivery(zone_code="")
     assert "/slots/" not in client.get(page_url(no_zone)).content.decode()
+
+
+def test_a_page_kept_rendered_still_shows_every_change(client: Client, post_events: Any) -> None:
+    post_events({"events": [upsert_event("ORD-KEPT"), *status_events("ORD-KEPT", 1)]})
+    delivery = Delivery.objects.get(reference="ORD-KEPT")
+    assert live_state(client.get(page_url(delivery)).content.decode())["data-status"] == "scheduled"
+    assert live_state(client.get(page_url(delivery)).content.decode())["data-status"] == "scheduled"
+    post_events({"events": status_events("ORD-KEPT", 2)[1:]})  # out_for_delivery, newer
+    assert live_state(client.get(page_url(delivery)).content.decode())["data-status"] == "out_for_delivery"
+    Delivery.objects.filter(pk=delivery.pk).update(token_revoked_at=timezone.now())
+    assert client.get(page_url(delivery)).status_code == 404
+
+
+def test_a_page_kept_rendered_carries_each_visitors_own_csrf_token() -> None:
+    delivery = make_delivery(status="delivered")
+    first, second = Client(enforce_csrf_checks=True), Client(enforce_csrf_checks=True)
+    tokens = []
+    for visitor in (first, second):
+        html = visitor.get(page_url(delivery)).content.decode()
+        match = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
+        assert match and "placeholder" not in match.group(1)
+        tokens.append(match.group(1))
+    assert tokens[0] != tokens[1]
+    response = second.post(page_url(delivery, "feedback/"), {"rating": "5", "csrfmiddlewaretoken": tokens[1]})
+    assert response.status_code == 302
