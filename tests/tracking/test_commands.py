@@ -50,6 +50,8 @@ def test_demo_data_run_twice_gives_the_same_deliveries_and_the_same_links():
     assert len(links) == len(demo.DELIVERIES) == Delivery.objects.count() == 8
     assert LINK.findall(second) == links
     assert InboundEvent.objects.count() == events  # the second run was all duplicates
+    drivers = Driver.objects.order_by("external_id").values_list("external_id", "name", "vehicle")
+    assert list(drivers) == sorted((d.id, d.name, d.vehicle) for d in demo.DRIVERS)
     for reference, url, token in links:
         delivery = Delivery.objects.get(reference=reference)
         assert delivery.tracking_token == token

@@ -7,21 +7,23 @@ their state.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 from django.utils import timezone
 
 from tracking import demo
 from tracking.models import Delivery
-from tracking.services import events_ingest, tracking_url
+from tracking.services import driver_update, events_ingest, tracking_url
 
 DEMO_SOURCE = "demo"
 
 
-def demo_events(*, now: Any) -> list[dict[str, Any]]:
+def demo_events(*, now: datetime) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     for delivery in demo.DELIVERIES:
         window = demo.promised_window(delivery, now=now)
@@ -54,6 +56,11 @@ class Command(BaseCommand):
         rejected = [result for result in results if result["result"] == "rejected"]
         if rejected:
             raise CommandError(f"The intake rejected demo events: {rejected}")
+        # Drivers are known from the routing backend's events; these are the ones the simulator
+        # sends, with their names, so that the admin lists them before the first van leaves.
+        with transaction.atomic():
+            for driver in demo.DRIVERS:
+                driver_update(external_id=driver.id, name=driver.name, vehicle=driver.vehicle)
 
         # --- scheduling: the one place demo zones, slot templates and slots are seeded ---
         # The lead wires scheduling's seeder here, e.g.:
@@ -63,6 +70,8 @@ class Command(BaseCommand):
         # ----------------------------------------------------------------------------------
 
         self._print_deliveries()
+        drivers = ", ".join(f"{d.name} ({d.vehicle})" for d in demo.DRIVERS)
+        self.stdout.write(f"Drivers: {drivers}")
         self._print_admin()
 
     def _print_deliveries(self) -> None:
