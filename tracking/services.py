@@ -266,6 +266,7 @@ def _apply_delivery_events(batch: _Batch, events: list[tuple[int, Event]]) -> No
     deliveries = _lock_deliveries(set(by_reference))
     for reference in sorted(by_reference):
         ordered = sorted(by_reference[reference], key=lambda item: (item[1].occurred_at, item[0]))
+        to_apply: list[tuple[int | None, Event]] = list(ordered)
         delivery = deliveries.get(reference)
         if delivery is None:
             creator = next((item for item in ordered if item[1].type == "delivery.upserted"), None)
@@ -275,9 +276,9 @@ def _apply_delivery_events(batch: _Batch, events: list[tuple[int, Event]]) -> No
                 continue
             delivery = _create_delivery(batch, creator[1])
             _record(batch, creator[0], creator[1], EventResult.ACCEPTED, delivery)
-            ordered = _merge_pending(batch, reference, [item for item in ordered if item is not creator])
-        for index, event in ordered:
-            _record(batch, index, event, _apply_one(batch, delivery, event), delivery)
+            to_apply = _merge_pending(batch, reference, [item for item in ordered if item is not creator])
+        for position, event in to_apply:
+            _record(batch, position, event, _apply_one(batch, delivery, event), delivery)
 
 
 def _record(batch: _Batch, index: int | None, event: Event, result: str, delivery: Delivery) -> None:

@@ -17,7 +17,7 @@ def _prep(model: type[models.Model], names: Sequence[str], rows: Sequence[Sequen
 
 
 def _column(model: type[models.Model], name: str) -> str:
-    return connection.ops.quote_name(model._meta.get_field(name).column)  # type: ignore[union-attr]
+    return connection.ops.quote_name(str(model._meta.get_field(name).column))  # type: ignore[union-attr]
 
 
 def insert_ignoring_conflicts(

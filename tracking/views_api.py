@@ -35,7 +35,7 @@ def read_signed_json(request: HttpRequest, *, secrets: list[str]) -> tuple[Any, 
         declared = 0
     if declared > MAX_BODY:
         return None, _error(413, "payload_too_large", "The body must be at most 1 MiB.")
-    content_type = request.content_type.lower()
+    content_type = (request.content_type or "").lower()
     charset = (request.content_params or {}).get("charset", "utf-8").lower()
     if content_type != "application/json" or charset not in ("utf-8", "utf8"):
         return None, _error(415, "unsupported_media_type", "Send Content-Type: application/json (UTF-8).")
@@ -86,5 +86,5 @@ def events_receive(request: HttpRequest) -> HttpResponse:
 
 
 @require_GET
-def openapi_document(request: HttpRequest) -> HttpResponse:
+def openapi_document(request: HttpRequest) -> FileResponse:
     return FileResponse(OPENAPI_PATH.open("rb"), content_type="application/json")
