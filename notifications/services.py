@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any
 import phonenumbers
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Case, Exists, F, OuterRef, Q, Subquery, Value, When
 from django.utils import timezone
 
 from notifications import render, rules
 from notifications.models import (
+    PENDING_STATUSES,
     SMS_FALLBACK_STATUSES,
     Channel,
     Consent,
@@ -127,11 +128,16 @@ def _new_row(
     )  # fmt: skip
 
 
+SEND_CHUNK = 20
+
+
 def _send_after_commit(ids: list[int]) -> None:
+    """One task per chunk of messages: a worker claims and records a chunk in one statement
+    each, where one task per message would spend most of its time on round trips."""
     from notifications.tasks import notification_send
 
-    for notification_id in ids:
-        notification_send.delay_on_commit(notification_id)
+    for start in range(0, len(ids), SEND_CHUNK):
+        notification_send.delay_on_commit(ids[start : start + SEND_CHUNK])
 
 
 def _quiet_until(kind: str, channel: str, delivery: Delivery, at: datetime) -> datetime | None:
@@ -164,76 +170,97 @@ def backoff_delay(attempts: int) -> float:
 
 def notification_deliver(*, notification_id: int) -> float | None:
     """Try to send one message. Returns the seconds until the next try, or None."""
-    row = _claim(notification_id)
-    if row is None:
-        return None
-    try:
-        provider_id = transport_for(row.channel).send(row)
-    except TransportError as error:
-        return _failed(row, error)
-    now = timezone.now()
-    with transaction.atomic():
-        # A status callback may have landed first and moved the row on; keep what it said.
-        Notification.objects.filter(pk=row.pk, status=Status.SENDING).update(
-            status=Status.SENT, status_at=now
-        )
-        Notification.objects.filter(pk=row.pk).update(
-            provider_id=provider_id, sent_at=now, lease_until=None, error_code="", last_error=""
-        )
-    return None
+    return notifications_deliver(notification_ids=[notification_id]).get(notification_id)
 
 
-def _claim(notification_id: int) -> Notification | None:
-    """Take the row for one try if it is due and still wanted; commit before the network call."""
+def notifications_deliver(*, notification_ids: Sequence[int]) -> dict[int, float]:
+    """Try to send each message that is due; returns {id: seconds until its next try} for
+    those that failed and will be tried again."""
+    rows = _claim(notification_ids)
+    sent: list[tuple[int, str]] = []
+    retries: dict[int, float] = {}
+    for row in rows:
+        try:
+            sent.append((row.pk, transport_for(row.channel).send(row)))
+        except TransportError as error:
+            delay = _failed(row, error)
+            if delay is not None:
+                retries[row.pk] = delay
+    if sent:
+        now = timezone.now()
+        # One statement for the lot. A status callback may have landed first and moved a row
+        # on ("delivered"): keep what it said.
+        Notification.objects.filter(pk__in=[pk for pk, _ in sent]).update(
+            status=Case(When(status=Status.SENDING, then=Value(Status.SENT)), default=F("status")),
+            status_at=Case(When(status=Status.SENDING, then=Value(now)), default=F("status_at")),
+            provider_id=Case(*(When(pk=pk, then=Value(provider_id)) for pk, provider_id in sent)),
+            sent_at=now, lease_until=None, error_code="", last_error="",
+        )  # fmt: skip
+    return retries
+
+
+def _claim(notification_ids: Sequence[int]) -> list[Notification]:
+    """Take the rows that are due and still wanted for one try, under a lease; commit before
+    the network calls. Rows another worker holds are skipped, not waited for."""
     now = timezone.now()
+    opted_out = Consent.objects.filter(
+        channel=OuterRef("channel"), address=OuterRef("recipient"), opted_out=True
+    )
+    preference = Preference.objects.filter(delivery_id=OuterRef("delivery_id"))
     with transaction.atomic():
-        row = (
+        candidates = (
             Notification.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("delivery")
-            .filter(pk=notification_id)
-            .first()
-        )
-        if row is None or not row.is_pending or row.next_attempt_at > now:
-            return None
-        if row.status == Status.SENDING and row.lease_until and row.lease_until > now:
-            return None  # another worker is sending it right now
-        if row.attempts >= settings.NOTIFY_MAX_ATTEMPTS:
-            # Tries that never came back (a worker killed mid-send each time) end here.
-            _finish(row, Status.DEAD, error="no result after the last attempt", now=now)
-            return None
-        reason = _blocked(row)
-        if reason:
-            _finish(row, Status.SKIPPED, error=reason, now=now)
-            return None
-        if not rules.is_still_useful(row.kind, row.delivery):
-            _finish(row, Status.SKIPPED, error="overtaken by events", now=now, fallback=False)
-            return None
-        wake = _quiet_until(row.kind, row.channel, row.delivery, now)
-        if wake:
-            row.next_attempt_at, row.status, row.lease_until = wake, Status.QUEUED, None
-            row.save(update_fields=["next_attempt_at", "status", "lease_until"])
-            return None
-        if row.created_at < now - timedelta(seconds=60):
-            # Held back for a while: say what is true now (ETA, window), not what was then.
-            text = render.render(
-                row.delivery, kind=row.kind, channel=row.channel, language=row.language, extra=row.context
+            .filter(pk__in=list(notification_ids), status__in=PENDING_STATUSES, next_attempt_at__lte=now)
+            .annotate(
+                is_opted_out=Exists(opted_out),
+                sms_wanted=Subquery(preference.values("sms")[:1]),
+                email_wanted=Subquery(preference.values("email")[:1]),
             )
-            row.subject, row.body, row.html = text.subject, text.body, text.html
-        row.status = Status.SENDING
-        row.attempts += 1
-        row.lease_until = now + timedelta(seconds=settings.NOTIFY_LEASE_SECONDS)
-        row.save(update_fields=["status", "attempts", "lease_until", "subject", "body", "html"])
-    return row
+            .order_by("pk")
+        )
+        claimed = [row for row in candidates if _take(row, now)]
+        lease = now + timedelta(seconds=settings.NOTIFY_LEASE_SECONDS)
+        if claimed:
+            Notification.objects.filter(pk__in=[row.pk for row in claimed]).update(
+                status=Status.SENDING, attempts=F("attempts") + 1, lease_until=lease
+            )
+        for row in claimed:
+            row.status, row.attempts, row.lease_until = Status.SENDING, row.attempts + 1, lease
+    return claimed
 
 
-def _blocked(row: Notification) -> str:
-    """Why the customer no longer wants this message, checked again at send time."""
-    if is_opted_out(channel=row.channel, address=row.recipient):
-        return "opted out"
-    preference = Preference.objects.filter(delivery_id=row.delivery_id).first()
-    if preference is not None and not getattr(preference, row.channel):
-        return f"{row.channel} turned off by the customer"
-    return ""
+def _take(row: Any, now: datetime) -> bool:
+    """Whether this try of a locked, due row should go to the provider; if not, why, on the row."""
+    if row.status == Status.SENDING and row.lease_until and row.lease_until > now:
+        return False  # another worker is sending it right now
+    if row.attempts >= settings.NOTIFY_MAX_ATTEMPTS:
+        # Tries that never came back (a worker killed mid-send each time) end here.
+        _finish(row, Status.DEAD, error="no result after the last attempt", now=now)
+        return False
+    # Consent and the customer's choices, checked again at send time.
+    if row.is_opted_out:
+        _finish(row, Status.SKIPPED, error="opted out", now=now)
+        return False
+    if {"sms": row.sms_wanted, "email": row.email_wanted}.get(row.channel) is False:
+        _finish(row, Status.SKIPPED, error=f"{row.channel} turned off by the customer", now=now)
+        return False
+    if not rules.is_still_useful(row.kind, row.delivery):
+        _finish(row, Status.SKIPPED, error="overtaken by events", now=now, fallback=False)
+        return False
+    wake = _quiet_until(row.kind, row.channel, row.delivery, now)
+    if wake:
+        row.next_attempt_at, row.status, row.lease_until = wake, Status.QUEUED, None
+        row.save(update_fields=["next_attempt_at", "status", "lease_until"])
+        return False
+    if row.created_at < now - timedelta(seconds=60):
+        # Held back for a while: say what is true now (ETA, window), not what was then.
+        text = render.render(
+            row.delivery, kind=row.kind, channel=row.channel, language=row.language, extra=row.context
+        )
+        row.subject, row.body, row.html = text.subject, text.body, text.html
+        row.save(update_fields=["subject", "body", "html"])
+    return True
 
 
 def _failed(row: Notification, error: TransportError) -> float | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from notifications.services import notification_deliver, notification_due_ids, reminders_queue
+from notifications.services import SEND_CHUNK, notification_due_ids, notifications_deliver, reminders_queue
 
 # Waits longer than this stay in the database (next_attempt_at) for the sweeper; shorter ones
 # ride on a Celery countdown, far below the broker's visibility timeout.
@@ -13,17 +13,21 @@ SHORT_WAIT = 60.0
 
 
 @shared_task
-def notification_send(notification_id: int) -> None:
-    delay = notification_deliver(notification_id=notification_id)
-    if delay is not None and delay <= SHORT_WAIT and not settings.CELERY_TASK_ALWAYS_EAGER:
-        notification_send.apply_async((notification_id,), countdown=delay)
+def notification_send(notification_ids: list[int] | int) -> None:
+    ids = [notification_ids] if isinstance(notification_ids, int) else notification_ids
+    retries = notifications_deliver(notification_ids=ids)
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        return  # no worker to wait in: the sweeper's next pass tries again
+    for notification_id, delay in retries.items():
+        if delay <= SHORT_WAIT:
+            notification_send.apply_async(([notification_id],), countdown=delay)
 
 
 @shared_task
 def notifications_sweep() -> int:
     ids = notification_due_ids()
-    for notification_id in ids:
-        notification_send.delay(notification_id)
+    for start in range(0, len(ids), SEND_CHUNK):
+        notification_send.delay(ids[start : start + SEND_CHUNK])
     return len(ids)
 
 
