@@ -78,7 +78,8 @@ def events_ingest(*, raw_events: list[Any], source: str = "routing") -> list[dic
                 _apply(batch, parsed)
                 _keep_rejected(batch, rejected, parsed)
                 notifications_for_changes(changes=batch.changes)
-                transaction.on_commit(_publisher(batch))
+                # robust: the events are committed; a failed push must not turn the answer into a 500.
+                transaction.on_commit(_publisher(batch), robust=True)
             break
         except OperationalError as error:
             # Deadlock or serialization failure between concurrent batches: both are safe

@@ -730,3 +730,16 @@ def test_a_nonsense_content_length_is_a_clean_4xx(client, declared):
 @pytest.mark.parametrize("method", ["get", "put", "patch", "delete"])
 def test_other_methods_on_the_intake_are_405(client, method):
     assert getattr(client, method)("/api/v1/events").status_code == 405
+
+
+@pytest.mark.django_db(transaction=True)  # the push runs only after a real commit
+def test_a_failing_live_push_after_the_commit_does_not_fail_the_request(post_events, monkeypatch):
+    from tracking import live
+
+    def broken(**kwargs: Any) -> None:
+        raise ConnectionError("channel layer down")
+
+    monkeypatch.setattr(live, "publish_changes", broken)
+    monkeypatch.setattr(live, "publish_positions", broken)
+    assert one(post_events, upserted("ORD-LIVE"))["result"] == "accepted"
+    assert Delivery.objects.filter(reference="ORD-LIVE").exists()
