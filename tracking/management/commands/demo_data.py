@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
+from scheduling.demo import seed_demo_schedule
 from tracking import demo
 from tracking.models import Delivery
 from tracking.services import driver_update, events_ingest, tracking_url
@@ -62,12 +63,8 @@ class Command(BaseCommand):
             for driver in demo.DRIVERS:
                 driver_update(external_id=driver.id, name=driver.name, vehicle=driver.vehicle)
 
-        # --- scheduling: the one place demo zones, slot templates and slots are seeded ---
-        # The lead wires scheduling's seeder here, e.g.:
-        #     from scheduling.demo import seed_demo_schedule
-        #     seed_demo_schedule()
-        # It must be idempotent too, and create the zones in demo.ZONES.
-        # ----------------------------------------------------------------------------------
+        # Demo zones, weekly slot templates and the coming days' slots (idempotent).
+        seed_demo_schedule()
 
         self._print_deliveries()
         drivers = ", ".join(f"{d.name} ({d.vehicle})" for d in demo.DRIVERS)
