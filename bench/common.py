@@ -570,7 +570,8 @@ def print_table(title: str, rows: Sequence[Row]) -> None:
     section(title)
     width = max((len(r.name) for r in rows), default=10)
     for r in rows:
-        value = f"{r.value:,.2f}" if abs(r.value) < 100 else f"{r.value:,.0f}"
+        whole = float(r.value).is_integer() and r.unit not in ("x", "ms")
+        value = f"{r.value:,.0f}" if whole or abs(r.value) >= 100 else f"{r.value:,.2f}"
         verdict = "" if r.met is None else ("ok" if r.met else "MISSED")
         goal = f"goal {r.goal} {verdict}".strip() if r.goal else ""
         print(f"  {r.name:<{width}}  {value:>10} {r.unit:<8} {goal:<24} {r.detail}".rstrip(), flush=True)
