@@ -14,6 +14,7 @@ import logging
 import random
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import phonenumbers
@@ -134,10 +135,19 @@ SEND_CHUNK = 20
 def _send_after_commit(ids: list[int]) -> None:
     """One task per chunk of messages: a worker claims and records a chunk in one statement
     each, where one task per message would spend most of its time on round trips."""
+    for start in range(0, len(ids), SEND_CHUNK):
+        transaction.on_commit(partial(_publish, ids[start : start + SEND_CHUNK]))
+
+
+def _publish(ids: list[int]) -> None:
+    # delay_on_commit, except that a broker that is down must not fail the request whose
+    # change is already committed: the rows are queued in the database, the sweeper finds them.
     from notifications.tasks import notification_send
 
-    for start in range(0, len(ids), SEND_CHUNK):
-        notification_send.delay_on_commit(ids[start : start + SEND_CHUNK])
+    try:
+        notification_send.delay(ids)
+    except Exception:
+        logger.warning("could not queue the send of notifications %s; the sweeper will", ids, exc_info=True)
 
 
 def _quiet_until(kind: str, channel: str, delivery: Delivery, at: datetime) -> datetime | None:

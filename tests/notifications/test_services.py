@@ -351,3 +351,27 @@ def test_no_celery_countdown_or_eta_reaches_the_visibility_timeout():
         for match in re.finditer(r"countdown=(\w+)", text):
             # Every countdown is guarded by the SHORT_WAIT bound in the same function.
             assert f"{match.group(1)} <= SHORT_WAIT" in text, (path, match.group(0))
+
+
+def test_a_broker_that_is_down_at_commit_fails_nothing_and_the_sweeper_sends_later(
+    monkeypatch, django_capture_on_commit_callbacks
+):
+    from kombu.exceptions import OperationalError
+
+    from notifications import tasks
+
+    def broker_down(*args, **kwargs):
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(tasks.notification_send, "delay", broker_down)
+    delivery = make_delivery()
+    with django_capture_on_commit_callbacks(execute=True) as callbacks, transaction.atomic():
+        services.notifications_for_booking(delivery=delivery, moved=False)
+    assert len(callbacks) == 1  # it ran, and its error did not escape
+    row = Notification.objects.get()
+    assert row.status == "queued" and locmem.outbox == []
+    assert services.notification_due_ids() == [row.pk]  # the sweeper's next pass
+    monkeypatch.undo()
+    services.notifications_deliver(notification_ids=services.notification_due_ids())
+    row.refresh_from_db()
+    assert row.status == "sent" and len(locmem.outbox) == 1
