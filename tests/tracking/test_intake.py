@@ -19,6 +19,7 @@ from tests.tracking.intake_events import (
     at,
     data_url,
     eta,
+    event,
     image_bytes,
     next_id,
     ping,
@@ -743,3 +744,60 @@ def test_a_failing_live_push_after_the_commit_does_not_fail_the_request(post_eve
     monkeypatch.setattr(live, "publish_positions", broken)
     assert one(post_events, upserted("ORD-LIVE"))["result"] == "accepted"
     assert Delivery.objects.filter(reference="ORD-LIVE").exists()
+
+
+# --- optional fields and photos that must be accepted ---------------------------------------
+
+
+def test_optional_fields_may_be_left_out_and_locale_defaults_to_en(post_events):
+    item = upserted("ORD-MIN", customer={"name": "Ana", "email": "ana@example.com"})
+    for key in ("timezone", "window", "zone", "items"):
+        del item["data"][key]
+    del item["data"]["address"]["line1"]
+    assert one(post_events, item)["errors"] == {"data.address.line1": "This field is required."}
+    item["data"]["address"]["line1"] = "1 Main St"
+    item["id"] = next_id()
+    assert one(post_events, item)["result"] == "accepted"
+    delivery = Delivery.objects.get()
+    assert (delivery.locale, delivery.phone, delivery.timezone, delivery.items) == ("en", "", "UTC", None)
+
+
+def test_a_status_without_driver_and_a_ping_without_optional_fields_are_accepted(post_events):
+    one(post_events, upserted("ORD-OPT"))
+    assert one(post_events, status("ORD-OPT", "scheduled"))["result"] == "accepted"
+    assert one(post_events, ping("drv_opt"))["result"] == "accepted"
+    assert Driver.objects.get(external_id="drv_opt").heading is None
+
+
+@pytest.mark.parametrize("kind", ["JPEG", "PNG"])
+def test_a_real_photo_of_either_type_is_stored_with_its_content_type(post_events, kind):
+    one(post_events, upserted("ORD-PH"))
+    content = image_bytes(kind, (40, 30))
+    assert one(post_events, proof("ORD-PH", photo=data_url(kind, content)))["result"] == "accepted"
+    stored = DeliveryProof.objects.get()
+    assert (bytes(stored.photo), stored.photo_content_type) == (content, f"image/{kind.lower()}")
+
+
+def test_a_photo_just_under_512_kib_is_accepted(post_events):
+    import io
+    import random
+
+    from PIL import Image
+
+    noise = random.Random(1).randbytes(416 * 418 * 3)  # incompressible: the PNG is about as big
+    buffer = io.BytesIO()
+    Image.frombytes("RGB", (416, 418), noise).save(buffer, "PNG")
+    content = buffer.getvalue()
+    assert 500 * 1024 < len(content) <= 512 * 1024
+    one(post_events, upserted("ORD-BIG"))
+    assert one(post_events, proof("ORD-BIG", photo=data_url("PNG", content)))["result"] == "accepted"
+
+
+def test_a_proof_may_carry_only_a_photo_url_or_both(post_events):
+    one(post_events, upserted("ORD-URLP"))
+    only_url = {"reference": "ORD-URLP", "photo_url": "https://cdn.example.com/p/1.jpg"}
+    assert one(post_events, event("delivery.proof", only_url, occurred_at=at(5)))["result"] == "accepted"
+    both = proof("ORD-URLP", minutes=6, photo=data_url("PNG"), photo_url="https://cdn.example.com/p/2.jpg")
+    assert one(post_events, both)["result"] == "accepted"
+    stored = DeliveryProof.objects.get()
+    assert stored.photo_url.endswith("/2.jpg") and bytes(stored.photo).startswith(b"\x89PNG")
