@@ -65,7 +65,7 @@ def context_for(delivery: Delivery, kind: str, language: str, extra: dict[str, A
         "slots_url": f"{public}/t/{token}/slots/",
         "preferences_url": f"{public}/t/{token}/notifications/",
         "rating_url": f"{link}#feedback",
-        "can_book": bool(delivery.zone_code) and delivery.status in ("created", "scheduled"),
+        "can_book": kind == "received" and _can_book(delivery),
         "window": window,
         "day": _day(delivery.window_start, tz),
         "eta": _clock(eta, tz),
@@ -74,6 +74,19 @@ def context_for(delivery: Delivery, kind: str, language: str, extra: dict[str, A
         "reason": delivery.status_reason[:300],
         "stops_before": delivery.stops_before,
     }
+
+
+def _can_book(delivery: Delivery) -> bool:
+    """Whether the slots page has something for this customer: a known zone, still bookable."""
+    if not delivery.zone_code:
+        return False
+    from scheduling.models import Zone
+    from scheduling.services import booking_closed_reason
+
+    return (
+        booking_closed_reason(delivery=delivery) is None
+        and Zone.objects.filter(code=delivery.zone_code).exists()
+    )
 
 
 def _parse(value: object) -> datetime | None:

@@ -164,3 +164,17 @@ def test_spanish_customers_get_spanish_messages(post_events, send_now):
     send_now(post_events, upsert("ES1", at=timezone.now(), locale="es-MX"))
     [row] = Notification.objects.all()
     assert row.language == "es" and row.body.startswith("Hola Ana, hemos recibido tu pedido")
+
+
+def test_the_order_received_text_offers_the_slots_page_only_where_the_zone_has_slots(post_events, send_now):
+    from scheduling.models import Zone
+
+    Zone.objects.create(code="north", name="North", timezone="America/Chicago")
+    for ref, zone in (("Z1", "north"), ("Z2", "nowhere"), ("Z3", "")):
+        event = upsert(ref, at=timezone.now())
+        if zone:
+            event["data"]["zone"] = zone
+        send_now(post_events, event)
+    bodies = dict(Notification.objects.values_list("delivery__reference", "body"))
+    assert "/slots/" in bodies["Z1"]
+    assert "/slots/" not in bodies["Z2"] and "/slots/" not in bodies["Z3"]

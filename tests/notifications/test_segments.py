@@ -65,7 +65,12 @@ LONG_NAMES = [
 @pytest.mark.parametrize("name", LONG_NAMES)
 @pytest.mark.parametrize("language", render.LANGUAGES)
 def test_every_sms_template_stays_within_two_segments_with_long_names(name, language, settings):
+    from scheduling.models import Zone
+
     settings.PORCHLIGHT_PUBLIC_URL = "https://track.porchlight-deliveries.example.com"
+    Zone.objects.get_or_create(
+        code="north", defaults={"name": "North"}
+    )  # the longest text: with the slots link
     now = timezone.now()
     delivery = make_delivery(
         customer_name=name, locale=language, zone_code="north", eta=now + timedelta(hours=1),
@@ -76,6 +81,8 @@ def test_every_sms_template_stays_within_two_segments_with_long_names(name, lang
         assert sms_length(text).segments <= 2, (kind, sms_length(text), text)
         assert "&amp;" not in text and "&lt;" not in text  # plain text, never escaped
         assert delivery.tracking_token in text
+        if kind == "received":
+            assert "/slots/" in text
 
 
 @pytest.mark.django_db
