@@ -1,0 +1,335 @@
+"""Fan-out: one driver ping to 1,000 and 5,000 open tracking sockets, time until the last has it.
+
+Three servers, measured in the same run and interleaved:
+- ours: the production stack (PostgreSQL, channels-redis pub/sub, 2 daphne processes); the
+  ping goes in through the signed intake and reaches every eligible viewer (one socket per
+  delivery, all deliveries served by that driver and arriving) through ONE group message.
+- R1: a bare `websockets` server that broadcasts a message to every socket it holds.
+- R2: the stock Channels way: one consumer per socket, all in one group, RedisPubSubChannelLayer,
+  the same 2 daphne processes; triggered by one group_send.
+Goal (issue 3): ours at most 0.5x R2. The clock runs from the trigger (our intake POST, R1's
+control frame, R2's group_send) to the moment the last socket received the message; sockets
+that never got it within the timeout are counted as lost.
+
+Knobs (environment): BENCH_FANOUT_SOCKETS ("1000,5000"), BENCH_ROUNDS (3), BENCH_FANOUT_TIMEOUT (30).
+Sub-commands used internally: `client <spec> <out>` (the socket fleet) and `bare <port>` (R1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = [int(n) for n in os.environ.get("BENCH_FANOUT_SOCKETS", "1000,5000").split(",") if n.strip()]
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+TIMEOUT = float(os.environ.get("BENCH_FANOUT_TIMEOUT", "30"))
+PREFIX = f"benchfan{os.getpid()}"
+MARK = 12.3456  # the latitude of the measured ping: what the client fleet waits for
+SERVERS = 2
+
+
+# --- the client fleet (a separate process) ---------------------------------------------------
+
+
+async def _fleet(spec: dict[str, Any], out: Path) -> None:
+    from websockets.asyncio.client import connect
+
+    sockets: list[Any] = []
+    gate = asyncio.Semaphore(100)
+
+    async def open_one(url: str, origin: str) -> None:
+        async with gate:
+            sockets.append(
+                await connect(url, origin=origin, compression=None, open_timeout=60, max_queue=None)
+            )  # type: ignore[arg-type]
+
+    await asyncio.gather(*(open_one(url, origin) for url, origin in spec["targets"]))
+    received: dict[int, float] = {}
+
+    async def watch(index: int, socket: Any) -> None:
+        async for text in socket:
+            if spec["needle"] in text:
+                received[index] = time.time()
+                return
+
+    watchers = [asyncio.create_task(watch(i, s)) for i, s in enumerate(sockets)]
+    Path(spec["ready"]).write_text("ready")
+    await asyncio.wait(watchers, timeout=spec["timeout"])
+    out.write_text(json.dumps({"times": list(received.values()), "sockets": len(sockets)}))
+    for task in watchers:
+        task.cancel()
+    await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
+
+
+@contextmanager
+def fleet(targets: list[tuple[str, str]], needle: str) -> Iterator[Any]:
+    """Open the sockets from another process; yields a function that waits for the results."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="porchlight-fanout-") as folder:
+        spec_path, out, ready = Path(folder) / "spec.json", Path(folder) / "out.json", Path(folder) / "ready"
+        spec = {"targets": targets, "needle": needle, "timeout": TIMEOUT, "ready": str(ready)}
+        spec_path.write_text(json.dumps(spec))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.bench_fanout", "client", str(spec_path), str(out)], cwd=ROOT
+        )
+        try:
+            deadline = time.monotonic() + 300
+            while not ready.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the socket fleet did not connect")
+                time.sleep(0.05)
+            time.sleep(0.5)  # let the servers finish the connect-time messages
+
+            def results() -> dict[str, Any]:
+                proc.wait(timeout=TIMEOUT + 60)
+                return dict(json.loads(out.read_text()))
+
+            yield results
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _measure(started: float, results: dict[str, Any], size: int) -> dict[str, float]:
+    times = results["times"]
+    return {
+        "last_ms": (max(times) - started) * 1000 if times else float("nan"),
+        "lost": size - len(times),
+        "connected": results["sockets"],
+    }
+
+
+# --- R1: a bare websockets broadcast server --------------------------------------------------
+
+
+async def _bare(port: int) -> None:
+    from websockets.asyncio.server import broadcast, serve
+
+    clients: set[Any] = set()
+
+    async def handler(socket: Any) -> None:
+        if socket.request.path == "/control":
+            async for text in socket:
+                broadcast(clients, text)
+            return
+        clients.add(socket)
+        try:
+            await socket.wait_closed()
+        finally:
+            clients.discard(socket)
+
+    async with serve(handler, "127.0.0.1", port, compression=None, max_queue=None):
+        await asyncio.Future()
+
+
+# --- R2: the stock Channels consumer (loaded by daphne as bench.bench_fanout:stock_application) ---
+
+
+def _stock_application() -> Any:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "bench.settings")
+    import django
+
+    django.setup()
+    from channels.generic.websocket import AsyncWebsocketConsumer
+    from channels.routing import ProtocolTypeRouter, URLRouter
+    from django.urls import path
+
+    class StockConsumer(AsyncWebsocketConsumer):
+        async def connect(self) -> None:
+            await self.channel_layer.group_add("stock", self.channel_name)
+            await self.accept()
+
+        async def disconnect(self, code: int) -> None:
+            await self.channel_layer.group_discard("stock", self.channel_name)
+
+        async def bench_message(self, event: dict[str, Any]) -> None:
+            await self.send(text_data=event["text"])
+
+    return ProtocolTypeRouter({"websocket": URLRouter([path("ws/stock/", StockConsumer.as_asgi())])})
+
+
+def __getattr__(name: str) -> Any:  # daphne imports the attribute; Django loads only then
+    if name == "stock_application":
+        return _stock_application()
+    raise AttributeError(name)
+
+
+# --- the benchmark ---------------------------------------------------------------------------
+
+
+def _at(minutes: float) -> str:
+    return (datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=minutes)).isoformat()
+
+
+_SEED = """
+from django.utils import timezone
+from tracking.models import Delivery, Driver
+driver, _ = Driver.objects.get_or_create(external_id="fan_drv", defaults={"name": "Sam"})
+now = timezone.now()
+Delivery.objects.bulk_create(
+    Delivery(reference=f"FAN-{n}", customer_name="A", phone="+19565550123", address_line1="1 Main St",
+             city="Laredo", postcode="78040", country="US", lat=27.5, lon=-99.5, details_at=now,
+             status="arriving", status_at=now, driver=driver)
+    for n in range(COUNT)
+)
+"""
+
+
+def _seed(env: dict[str, str], count: int) -> None:
+    """Deliveries that are all arriving with one driver, written directly: the measured ping
+    goes through the intake, the set-up does not need to."""
+    from bench.common import manage
+
+    manage(["shell", "-c", _SEED.replace("COUNT", str(count))], env=env)
+
+
+def main() -> None:
+    from bench.common import (
+        REDIS_URL,
+        Row,
+        daphnes,
+        event_request,
+        free_port,
+        fresh_database,
+        median,
+        post,
+        print_table,
+        process,
+        redis_flush,
+        require,
+        server_env,
+        sql,
+    )
+
+    require(postgres=True, redis=True)
+    redis_flush()
+    results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    pings = iter(range(1, 10**6))
+    with fresh_database("fanout") as db_url:
+        env = server_env(database_url=db_url, CHANNEL_LAYER_PREFIX=PREFIX)
+        bare_port = free_port()
+        with (
+            daphnes(SERVERS, env=env, name="fanout") as ours,
+            daphnes(
+                SERVERS, env=env, app="bench.bench_fanout:stock_application", name="fanout-stock"
+            ) as stock,
+            process(
+                [sys.executable, "-m", "bench.bench_fanout", "bare", str(bare_port)],
+                env=dict(os.environ),
+                name="fanout-bare",
+                ready=lambda: _port_open(bare_port),
+            ),
+        ):
+            _seed(env, max(SIZES))
+            tokens = [
+                row[0] for row in sql(db_url, "SELECT tracking_token FROM tracking_delivery ORDER BY id")
+            ]
+
+            def run_ours(size: int) -> dict[str, float]:
+                targets = [
+                    (ours[i % SERVERS].replace("http", "ws") + f"/ws/t/{token}/", ours[i % SERVERS])
+                    for i, token in enumerate(tokens[:size])
+                ]
+                n = next(pings)
+                # A new position each round: a socket also gets the driver's last one on connect.
+                lat = round(MARK + n / 1000, 4)
+                ping = {
+                    "id": f"fan_ping_{size}_{n}", "type": "driver.location", "occurred_at": _at(0),
+                    "data": {"driver_id": "fan_drv", "lat": lat, "lon": 1.0, "recorded_at": _at(n / 1000)},
+                }  # fmt: skip
+                with fleet(targets, needle=f'"lat": {lat}') as wait:
+                    started = time.time()
+                    post(ours[0], event_request(ping))
+                    return _measure(started, wait(), size)
+
+            def run_bare(size: int) -> dict[str, float]:
+                from websockets.sync.client import connect
+
+                url = f"ws://127.0.0.1:{bare_port}"
+                with (
+                    fleet([(f"{url}/s", url)] * size, needle=str(MARK)) as wait,
+                    connect(f"{url}/control") as control,
+                ):
+                    started = time.time()
+                    control.send(json.dumps({"type": "location", "lat": MARK, "lon": 1.0}))
+                    return _measure(started, wait(), size)
+
+            def run_stock(size: int) -> dict[str, float]:
+                from channels_redis.pubsub import RedisPubSubChannelLayer
+
+                targets = [
+                    (stock[i % SERVERS].replace("http", "ws") + "/ws/stock/", stock[i % SERVERS])
+                    for i in range(size)
+                ]
+                with fleet(targets, needle=str(MARK)) as wait:
+                    layer = RedisPubSubChannelLayer(hosts=[REDIS_URL], prefix=PREFIX)
+                    message = {"type": "bench.message", "text": json.dumps({"type": "location", "lat": MARK})}
+
+                    async def send() -> float:
+                        started = time.time()
+                        await layer.group_send("stock", message)
+                        await layer.flush()
+                        return started
+
+                    started = asyncio.run(send())
+                    return _measure(started, wait(), size)
+
+            for size in SIZES:
+                for _ in range(ROUNDS):
+                    for name, run in (
+                        ("R1 bare websockets", run_bare),
+                        ("R2 stock Channels", run_stock),
+                        ("ours", run_ours),
+                    ):
+                        results.setdefault((name, size), []).append(run(size))
+                        time.sleep(1)  # let the last fleet's sockets close on the servers
+
+    rows: list[Row] = []
+    for size in SIZES:
+        medians = {
+            name: median([r["last_ms"] for r in results[(name, size)]]) for name, s in results if s == size
+        }
+        for name in ("R1 bare websockets", "R2 stock Channels", "ours"):
+            runs = results[(name, size)]
+            lost = sum(int(r["lost"]) for r in runs)
+            rows.append(
+                Row(f"{size} sockets, {name}", medians[name], "ms", detail=f"lost {lost}, {len(runs)} rounds")
+            )
+        ratio = medians["ours"] / medians["R2 stock Channels"]
+        lost_ours = sum(int(r["lost"]) for r in results[("ours", size)])
+        rows.append(
+            Row(f"{size} sockets, ours vs R2", ratio, "x", goal="<= 0.5x", met=ratio <= 0.5 and not lost_ours)
+        )
+        rows.append(Row(f"{size} sockets, ours vs R1", medians["ours"] / medians["R1 bare websockets"], "x"))
+    print_table("Fan-out: one ping to every open socket (time to the last socket)", rows)
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "client":
+        asyncio.run(_fleet(json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[3])))
+    elif len(sys.argv) > 1 and sys.argv[1] == "bare":
+        asyncio.run(_bare(int(sys.argv[2])))
+    else:
+        main()
