@@ -122,6 +122,7 @@ class BookingAdmin(admin.ModelAdmin):
     readonly_fields = ["delivery", "slot", "changes", "created_at", "updated_at"]
     inlines = [BookingChangeInline]
     actions = ["cancel_bookings"]
+    change_list_template = "scheduling/admin_booking_changelist.html"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # through "Book for a customer", which applies the rules

@@ -79,3 +79,8 @@ def test_the_cancel_action_gives_places_back(admin_client):
 )
 def test_admin_pages_load(admin_client, path):
     assert admin_client.get(f"/admin/scheduling/{path}").status_code == 200
+
+
+def test_the_booking_list_links_to_booking_on_a_customers_behalf(admin_client):
+    html = admin_client.get("/admin/scheduling/booking/").content.decode()
+    assert 'href="/admin/scheduling/booking/book/"' in html
