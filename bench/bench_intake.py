@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -274,12 +275,16 @@ def sqlite_figures() -> list[Row]:
             ]  # fmt: skip
             locked = log_count("database is locked", since=marks)
             tracebacks = log_count(r" ERROR ", since=marks)
+        # WAL is a property of the file, so the settings' init_command shows here.
+        with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+            journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
     server_errors = sum(n for r in results for s, n in r.statuses.items() if s >= 500)
     return [
         Row("requests/s (mixed single + 20-ping batches)", median([r.rps for r in results]), "req/s",
             detail=describe(results)),
         Row("p99", median([r.p(99) for r in results]), "ms"),
-        Row('"database is locked" in server logs', locked, "", "== 0", locked == 0),
+        Row('"database is locked" in server logs', locked, "", "== 0", locked == 0,
+            f"journal_mode={journal}"),
         Row("5xx responses", server_errors, "", "== 0", server_errors == 0,
             f"ERROR lines in logs: {tracebacks}"),
     ]  # fmt: skip
