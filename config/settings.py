@@ -161,7 +161,14 @@ CELERY_TASK_TIME_LIMIT = 120
 CELERY_TASK_SOFT_TIME_LIMIT = 90
 # Longer than the longest task; long waits live in the database (next_attempt_at), never in
 # Celery countdowns, so nothing is scheduled beyond this.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=300)}
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=300),
+    # A stalled Redis must not hold a request: publishing gives up quickly, the row stays in
+    # its outbox and the beat sweeper queues it again later.
+    "socket_timeout": 5,
+    "socket_connect_timeout": 2,
+}
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "outbound-sweep": {"task": "tracking.tasks.outbound_sweep", "schedule": 30.0},
     "slots-generate": {"task": "scheduling.tasks.slots_generate", "schedule": 3600.0},
