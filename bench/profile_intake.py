@@ -3,6 +3,11 @@ events (or batches) at full throughput. Not part of `make bench` (no bench_ pref
 
     pip install py-spy   # or PY_SPY=/path/to/py-spy
     python -m bench.profile_intake [single|batch|hello] [seconds]
+    python -m bench.profile_intake variants [seconds]   # no py-spy needed
+
+`variants` serves the product whole and with one part off (live publish, notifications,
+middleware; bench/variants.py), interleaved, and prints single events/s and batch pings/s of
+each: the difference is what that part costs per request.
 
 PROFILE_GIL=1 samples only the thread holding the GIL: where the CPU goes rather than the waits.
 Prints the share of samples (all threads, idle excluded) spent under notable frames, and
@@ -17,9 +22,21 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
+from contextlib import ExitStack
 
 from bench.bench_intake import BATCH, batches, seed, singles
-from bench.common import LOGS, Request, daphnes, fresh_database, load, require, server_env
+from bench.common import (
+    LOGS,
+    Request,
+    daphnes,
+    fresh_database,
+    interleave,
+    load,
+    median,
+    require,
+    server_env,
+)
 
 # Frames worth naming: a sample counts once for each that appears anywhere in its stack.
 MARKERS = {
@@ -45,10 +62,61 @@ MARKERS = {
 }
 
 
+VARIANTS = {
+    "product": {},
+    "no live publish": {"BENCH_VARIANT": "nolive"},
+    "no notifications": {"BENCH_VARIANT": "nonotify"},
+    "no middleware": {"DJANGO_SETTINGS_MODULE": "bench.settings_nomiddleware"},
+    "none of the three": {
+        "BENCH_VARIANT": "nolive,nonotify",
+        "DJANGO_SETTINGS_MODULE": "bench.settings_nomiddleware",
+    },
+}
+
+
+def variants(seconds: float) -> None:
+    with fresh_database("variants") as db_url, ExitStack() as stack:
+        urls = {
+            name: stack.enter_context(
+                daphnes(1, env=server_env(database_url=db_url, **extra), app="bench.variants:application",
+                        name=f"variant-{n}")
+            )
+            for n, (name, extra) in enumerate(VARIANTS.items())
+        }  # fmt: skip
+        seed(next(iter(urls.values()))[0])
+        for server in urls.values():
+            load(server, singles(100), concurrency=8)
+            load(server, [Request("GET", "/bench/hello")] * 100, concurrency=8)
+
+        def runner(server: list[str]) -> Callable[[int], tuple[float, float, float]]:
+            def run(_: int) -> tuple[float, float, float]:
+                hello = load(
+                    server,
+                    [Request("GET", "/bench/hello")] * int(3000 * seconds),
+                    concurrency=8,
+                    duration=seconds,
+                )
+                single = load(server, singles(int(1500 * seconds)), concurrency=8, duration=seconds)
+                batch = load(server, batches(int(40 * seconds)), concurrency=2, duration=seconds)
+                return hello.rps, single.rps, batch.rps * BATCH
+
+            return run  # fmt: skip
+
+        rounds = interleave({name: runner(server) for name, server in urls.items()}, rounds=3)
+    print(f"medians of 3 interleaved rounds x {seconds:g} s, one daphne each, c=8 (batches c=2)")
+    print(f"  {'variant':<20} {'hello/s':>8} {'single/s':>9} {'ms/event':>9} {'pings/s':>8}")
+    for name, values in rounds.items():
+        hello, single, pings = (median([v[i] for v in values]) for i in range(3))
+        print(f"  {name:<20} {hello:8.0f} {single:9.0f} {1000 / single if single else 0:9.2f} {pings:8.0f}")
+
+
 def main() -> None:
     require(postgres=True, redis=True)
     kind = sys.argv[1] if len(sys.argv) > 1 else "single"
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 10.0
+    if kind == "variants":
+        variants(seconds)
+        return
     py_spy = os.environ.get("PY_SPY") or shutil.which("py-spy")
     if not py_spy:
         print("py-spy is not installed (pip install py-spy), or set PY_SPY")
