@@ -7,8 +7,11 @@ a token that already has too many sockets open in this process.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections import Counter
+import weakref
+from collections import Counter, defaultdict
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -17,6 +20,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from tracking import live
 from tracking.customer import delivery_for_token, delivery_language
+
+logger = logging.getLogger(__name__)
 
 MAX_FRAME_BYTES = 256
 # A few stray frames are tolerated (a browser extension, a proxy's keepalive); a stream is not.
@@ -28,6 +33,67 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 
 _open_per_token: Counter[str] = Counter()
+
+
+class _DriverHub:
+    """One listener per process and driver: the process, not each socket, is in `driver.<pk>`.
+
+    A ping arrives here once per process (one group message, one decode) and is written
+    straight to the local sockets that follow that driver, with no per-socket channel queue,
+    task wake-up or handler dispatch: that is most of what stock Channels spends per recipient.
+    """
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self.channel = ""
+        self.followers: dict[int, set[TrackingConsumer]] = defaultdict(set)
+        self.task: asyncio.Task[None] | None = None
+        self.lock = asyncio.Lock()
+
+    async def follow(self, driver_id: int, consumer: TrackingConsumer) -> None:
+        async with self.lock:
+            if not self.channel:
+                self.channel = await self.layer.new_channel("driver-hub.")
+                self.task = asyncio.get_running_loop().create_task(self._listen())
+            first = not self.followers[driver_id]
+            self.followers[driver_id].add(consumer)
+            if first:
+                await self.layer.group_add(live.driver_group(driver_id), self.channel)
+
+    async def unfollow(self, driver_id: int, consumer: TrackingConsumer) -> None:
+        async with self.lock:
+            followers = self.followers.get(driver_id)
+            if followers is None:
+                return
+            followers.discard(consumer)
+            if not followers:
+                del self.followers[driver_id]
+                await self.layer.group_discard(live.driver_group(driver_id), self.channel)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+                if message.get("type") == "driver.location":
+                    for consumer in list(self.followers.get(message.get("driver", 0), ())):
+                        await consumer.relay_location(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # One bad message or a layer hiccup must not stop positions for the process.
+                logger.exception("driver hub: message not relayed")
+                await asyncio.sleep(0.1)
+
+
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _DriverHub] = weakref.WeakKeyDictionary()
+
+
+def _hub(layer: Any) -> _DriverHub:
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None or hub.layer is not layer:
+        hub = _hubs[loop] = _DriverHub(layer)
+    return hub
 
 
 @database_sync_to_async
@@ -43,7 +109,8 @@ class TrackingConsumer(AsyncWebsocketConsumer):
     counted = False
     language = "en"
     delivery_group = ""
-    driver_group = ""
+    driver_id: int | None = None
+    closed = False
     live_position = False
     position_ts = 0.0
     frames: list[float]
@@ -65,6 +132,7 @@ class TrackingConsumer(AsyncWebsocketConsumer):
         await self.delivery_state(state)
 
     async def disconnect(self, code: int) -> None:
+        self.closed = True
         if self.counted:
             self.counted = False
             _open_per_token[self.token] -= 1
@@ -98,19 +166,23 @@ class TrackingConsumer(AsyncWebsocketConsumer):
             self.position_ts = position_ts
             await self.send(text_data=event["location"])
 
-    async def driver_location(self, event: dict[str, Any]) -> None:
+    async def relay_location(self, event: dict[str, Any]) -> None:
+        """A driver ping from the process's hub, written straight to this socket."""
         # A ping can race the message that ended the privacy window; check it again here.
-        if not self.live_position or event["ts"] < self.position_ts:
+        if not self.live_position or event["ts"] < self.position_ts or self.closed:
             return
         self.position_ts = event["ts"]
-        await self.send(text_data=event["text"])
+        try:
+            await self.base_send({"type": "websocket.send", "text": event["text"]})
+        except Exception:  # the socket went away under us; disconnect() cleans up
+            self.closed = True
 
     async def _follow_driver(self, driver_id: int | None) -> None:
-        wanted = live.driver_group(driver_id) if driver_id else ""
-        if wanted == self.driver_group:
+        if driver_id == self.driver_id:
             return
-        if self.driver_group:
-            await self.channel_layer.group_discard(self.driver_group, self.channel_name)
-        if wanted:
-            await self.channel_layer.group_add(wanted, self.channel_name)
-        self.driver_group = wanted
+        hub = _hub(self.channel_layer)
+        if self.driver_id:
+            await hub.unfollow(self.driver_id, self)
+        if driver_id:
+            await hub.follow(driver_id, self)
+        self.driver_id = driver_id

@@ -9,12 +9,15 @@ Fan-out design: two kinds of groups.
   change sends ONE group message carrying the contract messages, serialised once per page
   language (two), plus whether the delivery is close enough for its driver's position to be
   shown (the privacy rule) and which driver that is.
-- `driver.<pk>`: the sockets of deliveries whose privacy rule currently allows positions of
-  that driver. A ping is ONE group message to that group, serialised once, whatever the number
-  of viewers. Nothing in the request path loops over deliveries or looks them up.
+- `driver.<pk>`: one member per web process that has sockets of deliveries whose privacy rule
+  currently allows positions of that driver (tracking.consumers._DriverHub). A ping is ONE
+  group message to that group, serialised once, whatever the number of viewers; each process
+  receives it once and writes it to its own sockets. Nothing in the request path loops over
+  deliveries or looks them up.
 
-Each consumer joins or leaves its driver's group when a delivery message says the rule changed
-(and checks the rule again on every ping, so a ping racing a "delivered" never gets through).
+Each consumer follows or drops its driver in its process's hub when a delivery message says the
+rule changed (and checks the rule again on every ping, so a ping racing a "delivered" never
+gets through).
 The intake sends a batch's delivery changes before its positions, so the leave comes first.
 
 A publish never raises into its caller: the intake must answer even when Redis is down. All
@@ -123,6 +126,7 @@ def driver_ping(driver: Driver) -> dict[str, Any] | None:
         return None
     return {
         "type": "driver.location",
+        "driver": driver.pk,
         "text": json.dumps(location),
         "ts": driver.position_recorded_at.timestamp(),
     }
