@@ -249,11 +249,14 @@ def test_replay_window(client, monkeypatch):
 
 def test_secret_rotation_overlap(client, settings):
     """W4: 500 deliveries signed with the old, the new or both secrets are all accepted;
-    once the old one is revoked, old-only is always refused and new always accepted."""
+    once the old one is revoked, old-only is always refused and new always accepted.
+
+    Each delivery (request) carries one driver ping, the cheapest event to apply: the
+    signature is what is under test."""
     settings.PORCHLIGHT_ROUTING_SECRETS = ["old-secret", "new-secret"]
 
     def send(n: int, signed_with: str) -> Any:
-        raw = json.dumps(upserted(f"ORD-W4-{n}", id=f"evt_w4_{n}")).encode()
+        raw = json.dumps(ping(f"drv_w4_{n % 10}", minutes=n, id=f"evt_w4_{n}")).encode()
         t = int(time.time())
         secrets = {"old": ["old-secret"], "new": ["new-secret"], "both": ["old-secret", "new-secret"]}[
             signed_with
@@ -275,7 +278,8 @@ def test_secret_rotation_overlap(client, settings):
     }
     assert set(after["old"]) == {401} and len(after["old"]) == 50
     assert set(after["new"]) == {200} and set(after["both"]) == {200}
-    assert Delivery.objects.count() == 500 + len(after["new"]) + len(after["both"])
+    assert LocationPing.objects.count() == 500 + len(after["new"]) + len(after["both"])
+    assert InboundEvent.objects.count() == LocationPing.objects.count()
 
 
 # --- results ------------------------------------------------------------------------------
