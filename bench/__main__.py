@@ -4,15 +4,21 @@ Every bench/bench_*.py module (sorted), or those named (`intake` or `bench_intak
 `python -m bench.<name>` in its own process and prints its own section. A benchmark that
 needs PostgreSQL or Redis and cannot reach them says so and exits SKIPPED; the run goes on.
 The last lines say, per module, ok / skipped / failed; the exit status is 0 when all ran.
+A module still running after BENCH_MODULE_TIMEOUT seconds (300) is stopped and counted failed.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
 
 from bench.common import ADMIN_DATABASE_URL, REDIS_URL, ROOT, SKIPPED, reachable
+
+# A benchmark that hangs must not hang `make bench`.
+LIMIT = float(os.environ.get("BENCH_MODULE_TIMEOUT", "300"))
 
 
 def modules(names: list[str]) -> list[str]:
@@ -27,7 +33,35 @@ def modules(names: list[str]) -> list[str]:
     return wanted
 
 
+def run(name: str) -> int | None:
+    """Run one benchmark; None if it overran LIMIT. Stopped with SIGINT, so that its own
+    cleanup (servers stopped, database dropped) runs, then killed if it does not stop."""
+    proc = subprocess.Popen([sys.executable, "-m", f"bench.{name}"], cwd=ROOT)
+    try:
+        return proc.wait(timeout=LIMIT)
+    except subprocess.TimeoutExpired:
+        print(f"\n{name} overran {LIMIT:.0f} s (BENCH_MODULE_TIMEOUT): stopping it", flush=True)
+        return_code = None
+    except KeyboardInterrupt:
+        return_code = -signal.SIGINT
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if return_code is not None:
+        raise KeyboardInterrupt
+    return return_code
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # `timeout` or CI stopping make bench: clean up like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     selected = modules(sys.argv[1:])
     services = [
         f"PostgreSQL {'reachable' if reachable(ADMIN_DATABASE_URL) else 'NOT reachable'} "
@@ -43,8 +77,10 @@ def main() -> int:
     for name in selected:
         print(f"\n######## {name} ########", flush=True)
         started = time.monotonic()
-        code = subprocess.call([sys.executable, "-m", f"bench.{name}"], cwd=ROOT)
-        outcome = {0: "ok", SKIPPED: "skipped"}.get(code, f"failed (exit {code})")
+        code = run(name)
+        outcome = {0: "ok", SKIPPED: "skipped", None: f"failed (over {LIMIT:.0f} s)"}.get(
+            code, f"failed (exit {code})"
+        )
         outcomes.append((name, outcome, time.monotonic() - started))
     print("\n######## summary ########")
     for name, outcome, seconds in outcomes:
