@@ -4,6 +4,7 @@ events (or batches) at full throughput. Not part of `make bench` (no bench_ pref
     pip install py-spy   # or PY_SPY=/path/to/py-spy
     python -m bench.profile_intake [single|batch|hello] [seconds]
     python -m bench.profile_intake variants [seconds]   # no py-spy needed
+    python -m bench.profile_intake breakdown            # in-process ms per step (bench/breakdown.py)
 
 `variants` serves the product whole and with one part off (live publish, notifications,
 middleware; bench/variants.py), interleaved, and prints single events/s and batch pings/s of
@@ -116,6 +117,11 @@ def main() -> None:
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 10.0
     if kind == "variants":
         variants(seconds)
+        return
+    if kind == "breakdown":
+        with fresh_database("breakdown") as db_url:
+            command = [sys.executable, "-m", "bench.breakdown", str(int(seconds * 30))]
+            subprocess.run(command, env=server_env(database_url=db_url), check=False)
         return
     py_spy = os.environ.get("PY_SPY") or shutil.which("py-spy")
     if not py_spy:
