@@ -11,7 +11,11 @@ Goal (issue 3): ours at most 0.5x R2. The clock runs from the trigger (our intak
 control frame, R2's group_send) to the moment the last socket received the message; sockets
 that never got it within the timeout are counted as lost.
 
-Knobs (environment): BENCH_FANOUT_SOCKETS ("1000,5000"), BENCH_ROUNDS (3), BENCH_FANOUT_TIMEOUT (30).
+Then, sustained: 500 drivers each pinging once a second (batched every 100 ms into the intake),
+one viewer each, for 30 s: ping-to-socket p99 (goal < 250 ms) and pings dropped (goal 0).
+
+Knobs (environment): BENCH_FANOUT_SOCKETS ("1000,5000"), BENCH_ROUNDS (3), BENCH_FANOUT_TIMEOUT (30),
+BENCH_SUSTAINED_DRIVERS (500), BENCH_SUSTAINED_SECONDS (30; 0 skips it).
 Sub-commands used internally: `client <spec> <out>` (the socket fleet) and `bare <port>` (R1).
 """
 
@@ -36,6 +40,8 @@ TIMEOUT = float(os.environ.get("BENCH_FANOUT_TIMEOUT", "30"))
 PREFIX = f"benchfan{os.getpid()}"
 MARK = 12.3456  # the latitude of the measured ping: what the client fleet waits for
 SERVERS = 2
+SUSTAINED_DRIVERS = int(os.environ.get("BENCH_SUSTAINED_DRIVERS", "500"))
+SUSTAINED_SECONDS = float(os.environ.get("BENCH_SUSTAINED_SECONDS", "30"))
 
 
 # --- the client fleet (a separate process) ---------------------------------------------------
@@ -62,6 +68,9 @@ async def _fleet(spec: dict[str, Any], out: Path) -> None:
                 received[index] = time.time()
                 return
 
+    if spec.get("sustain"):
+        await _sustain(sockets, spec, out)
+        return
     watchers = [asyncio.create_task(watch(i, s)) for i, s in enumerate(sockets)]
     Path(spec["ready"]).write_text("ready")
     await asyncio.wait(watchers, timeout=spec["timeout"])
@@ -71,14 +80,41 @@ async def _fleet(spec: dict[str, Any], out: Path) -> None:
     await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
 
 
+async def _sustain(sockets: list[Any], spec: dict[str, Any], out: Path) -> None:
+    """Every location message on every socket: its age on arrival, and how many per socket."""
+    latencies: list[float] = []
+    counts = [0] * len(sockets)
+
+    async def watch(index: int, socket: Any) -> None:
+        async for text in socket:
+            message = json.loads(text)
+            if message.get("type") == "location":
+                latencies.append(time.time() - datetime.fromisoformat(message["recorded_at"]).timestamp())
+                counts[index] += 1
+
+    watchers = [asyncio.create_task(watch(i, s)) for i, s in enumerate(sockets)]
+    Path(spec["ready"]).write_text("ready")
+    await asyncio.wait(watchers, timeout=spec["sustain"])
+    out.write_text(json.dumps({"latencies": latencies, "counts": counts, "sockets": len(sockets)}))
+    for task in watchers:
+        task.cancel()
+    await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
+
+
 @contextmanager
-def fleet(targets: list[tuple[str, str]], needle: str) -> Iterator[Any]:
+def fleet(targets: list[tuple[str, str]], needle: str, *, sustain: float = 0) -> Iterator[Any]:
     """Open the sockets from another process; yields a function that waits for the results."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="porchlight-fanout-") as folder:
         spec_path, out, ready = Path(folder) / "spec.json", Path(folder) / "out.json", Path(folder) / "ready"
-        spec = {"targets": targets, "needle": needle, "timeout": TIMEOUT, "ready": str(ready)}
+        spec = {
+            "targets": targets,
+            "needle": needle,
+            "timeout": TIMEOUT,
+            "ready": str(ready),
+            "sustain": sustain,
+        }
         spec_path.write_text(json.dumps(spec))
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.bench_fanout", "client", str(spec_path), str(out)], cwd=ROOT
@@ -92,7 +128,7 @@ def fleet(targets: list[tuple[str, str]], needle: str) -> Iterator[Any]:
             time.sleep(0.5)  # let the servers finish the connect-time messages
 
             def results() -> dict[str, Any]:
-                proc.wait(timeout=TIMEOUT + 60)
+                proc.wait(timeout=TIMEOUT + sustain + 60)
                 return dict(json.loads(out.read_text()))
 
             yield results
@@ -185,6 +221,76 @@ Delivery.objects.bulk_create(
     for n in range(COUNT)
 )
 """
+
+
+_SEED_SUSTAINED = """
+from django.utils import timezone
+from tracking.models import Delivery, Driver
+now = timezone.now()
+Driver.objects.bulk_create(Driver(external_id=f"sus_{n}", name="Sam") for n in range(COUNT))
+drivers = {d.external_id: d for d in Driver.objects.filter(external_id__startswith="sus_")}
+Delivery.objects.bulk_create(
+    Delivery(reference=f"SUS-{n}", customer_name="A", phone="+19565550123", address_line1="1 Main St",
+             city="Laredo", postcode="78040", country="US", lat=27.5, lon=-99.5, details_at=now,
+             status="arriving", status_at=now, driver=drivers[f"sus_{n}"])
+    for n in range(COUNT)
+)
+"""
+
+
+def _sustained(base_urls: list[str], env: dict[str, str], db_url: str) -> list[Any]:
+    """SUSTAINED_DRIVERS drivers each pinging once a second (in batches every 100 ms, as a routing
+    backend would send them), one viewer each, for SUSTAINED_SECONDS."""
+    from bench.common import Row, event_request, manage, percentile, post, sql
+
+    manage(["shell", "-c", _SEED_SUSTAINED.replace("COUNT", str(SUSTAINED_DRIVERS))], env=env)
+    rows = sql(
+        db_url, "SELECT tracking_token FROM tracking_delivery WHERE reference LIKE 'SUS-%%' ORDER BY id"
+    )
+    targets = [
+        (
+            base_urls[i % len(base_urls)].replace("http", "ws") + f"/ws/t/{token}/",
+            base_urls[i % len(base_urls)],
+        )
+        for i, (token,) in enumerate(rows)
+    ]
+    sent, failed, ticks = 0, 0, int(SUSTAINED_SECONDS * 10)
+    with fleet(targets, needle="", sustain=SUSTAINED_SECONDS + 5) as wait:
+        start = time.monotonic()
+        for tick in range(ticks):
+            delay = start + tick / 10 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            now = datetime.now(UTC).isoformat()
+            pings = [
+                {
+                    "id": f"sus_{n}_{tick}",
+                    "type": "driver.location",
+                    "occurred_at": now,
+                    "data": {
+                        "driver_id": f"sus_{n}",
+                        "lat": 27.5 + tick / 1e4,
+                        "lon": -99.5,
+                        "recorded_at": now,
+                    },
+                }
+                for n in range(tick % 10, SUSTAINED_DRIVERS, 10)
+            ]
+            status, _ = post(base_urls[tick % len(base_urls)], event_request({"events": pings}))
+            sent += len(pings)
+            failed += status != 200
+        results = wait()
+    latencies = [v * 1000 for v in results["latencies"]]
+    received = sum(results["counts"])
+    p99 = percentile(latencies, 99)
+    shape = f"{SUSTAINED_DRIVERS} drivers x 1/s x {SUSTAINED_SECONDS:g} s"
+    return [
+        Row("sustained: pings sent", sent, "", detail=shape),
+        Row("sustained: intake batches failed", failed, "", goal="== 0", met=failed == 0),
+        Row("sustained: ping-to-socket p50", percentile(latencies, 50), "ms"),
+        Row("sustained: ping-to-socket p99", p99, "ms", goal="< 250 ms", met=bool(latencies) and p99 < 250),
+        Row("sustained: dropped", sent - received, "", goal="== 0", met=sent == received),
+    ]
 
 
 def _seed(env: dict[str, str], count: int) -> None:
@@ -286,6 +392,8 @@ def main() -> None:
                     started = asyncio.run(send())
                     return _measure(started, wait(), size)
 
+            for warm_up in (run_bare, run_stock, run_ours):  # first requests, imports, connections
+                warm_up(10)
             for size in SIZES:
                 for _ in range(ROUNDS):
                     for name, run in (
@@ -295,6 +403,8 @@ def main() -> None:
                     ):
                         results.setdefault((name, size), []).append(run(size))
                         time.sleep(1)  # let the last fleet's sockets close on the servers
+
+            sustained = _sustained(ours, env, db_url) if SUSTAINED_SECONDS > 0 else []
 
     rows: list[Row] = []
     for size in SIZES:
@@ -314,6 +424,8 @@ def main() -> None:
         )
         rows.append(Row(f"{size} sockets, ours vs R1", medians["ours"] / medians["R1 bare websockets"], "x"))
     print_table("Fan-out: one ping to every open socket (time to the last socket)", rows)
+    if sustained:
+        print_table("Sustained pings on the production stack (2 daphne, channels-redis pub/sub)", sustained)
 
 
 def _port_open(port: int) -> bool:
