@@ -247,3 +247,14 @@ def test_oversized_and_garbled_bodies_get_400_not_500(client, zone, body):
     response = client.post(url(delivery), data=body, content_type="application/x-www-form-urlencoded")
     assert response.status_code == 400
     assert not Booking.objects.filter(delivery=delivery).exists()
+
+
+def test_the_confirmation_names_the_day_in_the_customers_language(client, zone):
+    local_day = timezone.localtime(timezone.now(), zone.tzinfo).date() + timedelta(days=3)
+    slot = make_slot(zone=zone, start=datetime.combine(local_day, time(10), tzinfo=zone.tzinfo))
+    delivery = make_delivery(zone=zone, locale="es")
+    page = client.get(client.post(url(delivery), {"slot": slot.pk})["Location"]).content.decode()
+    months = ["enero", "febrero", "marzo", "abril", "mayo", "junio", "julio", "agosto", "septiembre",
+              "octubre", "noviembre", "diciembre"]  # fmt: skip
+    assert "Reservado: " in page
+    assert f"{local_day.day} de {months[local_day.month - 1]} de {local_day.year}, 10:00 \u2013 12:00" in page
