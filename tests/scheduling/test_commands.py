@@ -102,3 +102,9 @@ def test_the_demo_schedule_can_be_seeded_twice():
         ("laredo-central", "America/Chicago"), ("laredo-north", "America/Chicago")}  # fmt: skip
     first = Slot.objects.filter(zone__code="laredo-central").order_by("start").first()
     assert first.start > datetime.now(UTC) - timedelta(days=1)
+
+
+def test_the_beat_schedule_runs_the_slot_generation_task(settings):
+    entry = settings.CELERY_BEAT_SCHEDULE["slots-generate"]
+    assert entry["task"] == slots_generate_task.name == "scheduling.tasks.slots_generate"
+    assert entry["schedule"] <= 24 * 3600
