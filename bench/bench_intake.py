@@ -8,7 +8,7 @@ run for latency below saturation, and embedded mode (SQLite WAL, BEGIN IMMEDIATE
 concurrent writers from several processes, counting "database is locked".
 
 Knobs (environment): BENCH_ROUNDS (3), BENCH_SECONDS (3), BENCH_SERVERS (daphne processes, 1),
-BENCH_CONCURRENCY (8), BENCH_CLIENT (auto|python).
+BENCH_SQLITE_SERVERS (4), BENCH_CONCURRENCY (8), BENCH_CLIENT (auto|python).
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ def postgres_figures() -> list[Row]:
     ]  # fmt: skip
 
 
-SQLITE_SERVERS = 4
+SQLITE_SERVERS = int(os.environ.get("BENCH_SQLITE_SERVERS", "4"))
 SQLITE_CONCURRENCY = 16
 
 
