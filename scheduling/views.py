@@ -32,6 +32,11 @@ from scheduling.services import (
 from tracking.models import Delivery
 
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# The tracking page's policy: our own scripts and styles only (htmx is served from /static/).
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -72,8 +77,18 @@ def _language_of(delivery: Delivery) -> str:
 
 def _not_found(request: HttpRequest) -> HttpResponse:
     # One page for unknown, revoked and expired links alike.
-    response = render(request, "scheduling/not_found.html", status=404)
+    return _secured(render(request, "scheduling/not_found.html", status=404))
+
+
+def _secured(response: HttpResponse) -> HttpResponse:
     add_never_cache_headers(response)
+    response["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    response["X-Robots-Tag"] = "noindex, nofollow"
+    response["X-Content-Type-Options"] = "nosniff"
+    # With the site-wide "no-referrer", Chromium sends `Origin: null` on a plain form POST and
+    # Django's CSRF check refuses it, so the form would only work with JavaScript. Same-origin
+    # still sends nothing (the token in the URL included) to any other site.
+    response["Referrer-Policy"] = "same-origin"
     return response
 
 
@@ -108,13 +123,7 @@ def slots_page(request: HtmxHttpRequest, token: str) -> HttpResponse:
         template = "scheduling/slots.html#booking" if request.htmx else "scheduling/slots.html"
         response = render(request, template, context, status=status)
         response["Content-Language"] = language
-    add_never_cache_headers(response)
-    response["X-Robots-Tag"] = "noindex"
-    # With the site-wide "no-referrer", Chromium sends `Origin: null` on a plain form POST and
-    # Django's CSRF check refuses it, so the form would only work with JavaScript. Same-origin
-    # still sends nothing (the token in the URL included) to any other site.
-    response["Referrer-Policy"] = "same-origin"
-    return response
+    return _secured(response)
 
 
 def _see_other(url: str) -> HttpResponse:

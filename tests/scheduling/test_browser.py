@@ -16,6 +16,8 @@ def test_booking_with_htmx_swaps_the_confirmation_in_place(live_server, page):
     zone = make_zone()
     slot = make_slot(zone=zone)
     delivery = make_delivery(zone=zone)
+    console: list[str] = []
+    page.on("console", lambda message: console.append(message.text))
     page.goto(f"{live_server.url}/t/{delivery.tracking_token}/slots/")
     page.wait_for_function("window.htmx !== undefined")
     page.evaluate("window.__sameDocument = true")
@@ -23,6 +25,7 @@ def test_booking_with_htmx_swaps_the_confirmation_in_place(live_server, page):
     page.click("button[type=submit]")
     page.wait_for_selector(f'[data-booked-slot="{slot.pk}"]')
     assert page.evaluate("window.__sameDocument") is True  # swapped, not reloaded
+    assert not [line for line in console if "Content Security Policy" in line]
     assert Booking.objects.get(delivery=delivery).slot == slot
 
 

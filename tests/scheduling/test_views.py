@@ -231,7 +231,10 @@ def test_the_page_keeps_its_url_from_other_sites_but_lets_its_own_form_post(clie
     # "no-referrer" would make browsers send Origin: null on the plain POST (CSRF 403).
     response = client.get(url(make_delivery(zone=zone)))
     assert response["Referrer-Policy"] == "same-origin"
-    assert response["X-Robots-Tag"] == "noindex"
+    assert response["X-Robots-Tag"] == "noindex, nofollow"
+    assert "script-src 'self';" in response["Content-Security-Policy"]
+    assert "unsafe-inline" not in response["Content-Security-Policy"]
+    assert "no-store" in response["Cache-Control"]
 
 
 @pytest.mark.parametrize(
