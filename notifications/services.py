@@ -187,24 +187,23 @@ def notifications_deliver(*, notification_ids: Sequence[int]) -> dict[int, float
     """Try to send each message that is due; returns {id: seconds until its next try} for
     those that failed and will be tried again."""
     rows = _claim(notification_ids)
-    sent: list[tuple[int, str]] = []
     retries: dict[int, float] = {}
     for row in rows:
         try:
-            sent.append((row.pk, transport_for(row.channel).send(row)))
+            provider_id = transport_for(row.channel).send(row)
         except TransportError as error:
             delay = _failed(row, error)
             if delay is not None:
                 retries[row.pk] = delay
-    if sent:
+            continue
+        # Recorded at once, message by message: a worker killed halfway through a chunk leaves
+        # only the message it was sending in doubt, not those it had sent.
         now = timezone.now()
-        # One statement for the lot. A status callback may have landed first and moved a row
-        # on ("delivered"): keep what it said.
-        Notification.objects.filter(pk__in=[pk for pk, _ in sent]).update(
+        Notification.objects.filter(pk=row.pk).update(
+            # A status callback may have landed first ("delivered"): keep what it said.
             status=Case(When(status=Status.SENDING, then=Value(Status.SENT)), default=F("status")),
             status_at=Case(When(status=Status.SENDING, then=Value(now)), default=F("status_at")),
-            provider_id=Case(*(When(pk=pk, then=Value(provider_id)) for pk, provider_id in sent)),
-            sent_at=now, lease_until=None, error_code="", last_error="",
+            provider_id=provider_id, sent_at=now, lease_until=None, error_code="", last_error="",
         )  # fmt: skip
     return retries
 
