@@ -228,7 +228,7 @@ def _claim(notification_ids: Sequence[int]) -> list[Notification]:
             )
             .order_by("pk")
         )
-        claimed = [row for row in candidates if _take(row, now)]
+        claimed: list[Notification] = [row for row in candidates if _take(row, now)]
         lease = now + timedelta(seconds=settings.NOTIFY_LEASE_SECONDS)
         if claimed:
             Notification.objects.filter(pk__in=[row.pk for row in claimed]).update(

@@ -178,3 +178,20 @@ def test_the_order_received_text_offers_the_slots_page_only_where_the_zone_has_s
     bodies = dict(Notification.objects.values_list("delivery__reference", "body"))
     assert "/slots/" in bodies["Z1"]
     assert "/slots/" not in bodies["Z2"] and "/slots/" not in bodies["Z3"]
+
+
+def test_the_demo_prints_every_message_as_it_would_be_sent(
+    post_events, settings, capsys, django_capture_on_commit_callbacks
+):
+    if not settings.CELERY_TASK_ALWAYS_EAGER:
+        pytest.skip("the demo runs embedded: eager Celery; this pass has a broker")
+    settings.SMS_BACKEND = "notifications.backends.console.SMSBackend"
+    settings.EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+    now = timezone.now()
+    with django_capture_on_commit_callbacks(execute=True):
+        post_events(upsert("DEMO-1", at=now))
+    with django_capture_on_commit_callbacks(execute=True):
+        post_events(upsert("DEMO-2", at=now, phone=None, email="demo@example.com"))
+    printed = capsys.readouterr().out
+    assert "--- SMS to +19565550123" in printed and "we've got your order" in printed
+    assert "To: demo@example.com" in printed and "Content-Type: text/html" in printed
