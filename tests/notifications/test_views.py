@@ -10,7 +10,11 @@ from urllib.parse import urlencode
 import pytest
 from anymail.signals import AnymailTrackingEvent, tracking
 from django.core import mail
+from django.db import transaction
 from django.test import Client
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
 from notifications import feedback, services
@@ -392,3 +396,48 @@ def test_the_preferences_form_needs_its_csrf_token():
         f"/t/{delivery.tracking_token}/notifications/", {"language": "en"}
     )
     assert response.status_code == 403 and not Preference.objects.exists()
+
+
+def test_hostile_webhook_bodies_get_4xx_never_5xx(client):
+    too_many = urlencode({f"f{i}": "x" for i in range(1500)})
+    response = client.post(
+        "/webhooks/twilio/inbound/",
+        data=too_many,
+        content_type="application/x-www-form-urlencoded",
+        headers={"X-Twilio-Signature": "abc"},
+    )
+    assert 400 <= response.status_code < 500
+    garbage = client.post(
+        "/webhooks/twilio/status/",
+        data=b"\xff\xfe\x00garbage",
+        content_type="application/x-www-form-urlencoded",
+        headers={"X-Twilio-Signature": "abc"},
+    )
+    assert garbage.status_code == 403
+    as_json = client.post("/webhooks/twilio/status/", data="[1, 2]", content_type="application/json")
+    assert as_json.status_code == 403
+
+
+@hsettings(max_examples=60, deadline=None)
+@given(
+    order=st.lists(
+        st.sampled_from(["queued", "sending", "sent", "delivered", "read"]), min_size=1, max_size=8
+    )
+)
+def test_callbacks_in_any_order_and_number_end_at_the_furthest_status(order):
+    with transaction.atomic():
+        delivery = make_delivery()
+        row = Notification.objects.create(
+            delivery=delivery, channel="sms", kind="booked", recipient="+19565550123", body="x",
+            dedupe_key=f"prop-{delivery.pk}", status="sent", next_attempt_at=delivery.details_at,
+            provider_id=f"SM{delivery.pk}",
+        )  # fmt: skip
+        for index, status in enumerate(order):
+            feedback.sms_status_record(
+                key=f"prop-{delivery.pk}-{index % 3}-{status}", notification_id=row.pk,
+                provider_id=row.provider_id, status=status, error_code="", payload={},
+            )  # fmt: skip
+        row.refresh_from_db()
+        expected = "delivered" if {"delivered", "read"} & set(order) else "sent"
+        assert row.status == expected
+        transaction.set_rollback(True)
