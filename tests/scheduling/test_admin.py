@@ -10,6 +10,18 @@ from tracking.models import OutboundEvent
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture
+def admin_user(django_user_model):
+    # No password: pytest-django's own fixture spends a PBKDF2 hash per test.
+    return django_user_model.objects.create(username="staff", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def admin_client(client, admin_user):
+    client.force_login(admin_user)
+    return client
+
+
 def test_the_slot_list_shows_booked_against_capacity(admin_client):
     slot = make_slot(capacity=4)
     booking_book(delivery=make_delivery(zone=slot.zone), slot_id=slot.pk)
