@@ -311,11 +311,12 @@ def tracking_instructions(request: HttpRequest, token: str) -> HttpResponse:
         except CustomerError:
             pass
     if request.htmx:  # type: ignore[attr-defined]
+        # 200 either way: htmx swaps only 2xx answers, and the region says what went wrong.
         return _render(
             request,
             delivery,
             "tracking/page.html#instructions",
-            status=200 if saved else 400,
+            status=200,
             instructions_saved=saved,
             instructions_form=None if saved else form,
         )
@@ -343,7 +344,7 @@ def tracking_feedback(request: HttpRequest, token: str) -> HttpResponse:
             pass
     status = 200 if saved else (409 if form.is_valid() else 400)
     if request.htmx:  # type: ignore[attr-defined]
-        return _render(request, delivery, "tracking/page.html#feedback", status=status, feedback_form=form)
+        return _render(request, delivery, "tracking/page.html#feedback", status=200, feedback_form=form)
     if saved:
         return _secured(HttpResponseRedirect(_page_url(delivery, _language(request, delivery)) + "#feedback"))
     return _render(request, delivery, "tracking/page.html", status=status, feedback_form=form)

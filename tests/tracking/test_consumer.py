@@ -7,6 +7,7 @@ prefix of this test session's own.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import uuid
@@ -307,5 +308,25 @@ def test_too_many_sockets_on_one_token_are_refused(intake: Any) -> None:
         for communicator in [*opened, again]:
             await communicator.disconnect()
         assert delivery.tracking_token not in consumers._open_per_token
+
+    run(scenario)
+
+
+def test_many_sockets_leaving_at_once_leave_nothing_behind(intake: Any) -> None:
+    async def scenario() -> None:
+        deliveries = [
+            await new_delivery(intake, f"ORD-WS-M{n}", driver="drv_ws_m", stops_before=1) for n in range(5)
+        ]
+        sockets = []
+        for delivery in deliveries:
+            for _ in range(10):
+                communicator, connected = await open_socket(delivery.tracking_token)
+                assert connected
+                sockets.append(communicator)
+        hub = consumers._hub(get_channel_layer())
+        assert sum(len(followers) for followers in hub.followers.values()) == 50
+        await asyncio.gather(*(communicator.disconnect() for communicator in sockets))
+        assert hub.followers == {}
+        assert not any(d.tracking_token in consumers._open_per_token for d in deliveries)
 
     run(scenario)

@@ -376,3 +376,16 @@ def test_a_page_kept_rendered_carries_each_visitors_own_csrf_token() -> None:
     assert tokens[0] != tokens[1]
     response = second.post(page_url(delivery, "feedback/"), {"rating": "5", "csrfmiddlewaretoken": tokens[1]})
     assert response.status_code == 302
+
+
+def test_tokens_are_long_random_url_safe_and_unrelated_to_anything() -> None:
+    from tracking.models import new_tracking_token
+
+    tokens = [new_tracking_token() for _ in range(100_000)]
+    assert len(set(tokens)) == len(tokens)
+    assert all(len(t) >= 22 and re.fullmatch(r"[A-Za-z0-9_-]+", t) for t in tokens)
+    # No order: consecutive tokens are as often greater as smaller than the one before.
+    rising = sum(a < b for a, b in itertools.pairwise(tokens))
+    assert 0.49 < rising / len(tokens) < 0.51
+    made = [make_delivery(reference=f"ORD-T1-{n}") for n in range(3)]
+    assert all(d.reference not in d.tracking_token for d in made)
