@@ -49,15 +49,26 @@ SUSTAINED_SECONDS = float(os.environ.get("BENCH_SUSTAINED_SECONDS", "30"))
 
 async def _fleet(spec: dict[str, Any], out: Path) -> None:
     from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidHandshake
 
     sockets: list[Any] = []
-    gate = asyncio.Semaphore(100)
+    gate = asyncio.Semaphore(50)
 
     async def open_one(url: str, origin: str) -> None:
-        async with gate:
-            sockets.append(
-                await connect(url, origin=origin, compression=None, open_timeout=60, max_queue=None)
-            )  # type: ignore[arg-type]
+        # A server busy with thousands of handshakes may drop one (daphne gives the app 5 s to
+        # accept): try again a few times, as a browser's reconnect would.
+        for attempt in range(5):
+            try:
+                async with gate:
+                    socket = await connect(
+                        url, origin=origin, compression=None, open_timeout=60, max_queue=None
+                    )  # type: ignore[arg-type]
+                sockets.append(socket)
+                return
+            except (OSError, TimeoutError, InvalidHandshake):
+                if attempt == 4:
+                    raise
+                await asyncio.sleep(0.5 * (attempt + 1))
 
     await asyncio.gather(*(open_one(url, origin) for url, origin in spec["targets"]))
     received: dict[int, float] = {}
