@@ -4,6 +4,7 @@ Every bench/bench_*.py module (sorted), or those named (`intake` or `bench_intak
 `python -m bench.<name>` in its own process and prints its own section. A benchmark that
 needs PostgreSQL or Redis and cannot reach them says so and exits SKIPPED; the run goes on.
 The last lines say, per module, ok / skipped / failed; the exit status is 0 when all ran.
+Redis db 7 (BENCH_REDIS_URL) is emptied before each module.
 A module still running after BENCH_MODULE_TIMEOUT seconds (300) is stopped and counted failed.
 """
 
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from bench.common import ADMIN_DATABASE_URL, REDIS_URL, ROOT, SKIPPED, reachable
+from bench.common import ADMIN_DATABASE_URL, REDIS_URL, ROOT, SKIPPED, reachable, redis_flush
 
 # A benchmark that hangs must not hang `make bench`.
 LIMIT = float(os.environ.get("BENCH_MODULE_TIMEOUT", "300"))
@@ -77,6 +78,8 @@ def main() -> int:
     for name in selected:
         print(f"\n######## {name} ########", flush=True)
         started = time.monotonic()
+        if reachable(REDIS_URL):
+            redis_flush()  # nothing queued by one benchmark reaches the next one's worker
         code = run(name)
         outcome = {0: "ok", SKIPPED: "skipped", None: f"failed (over {LIMIT:.0f} s)"}.get(
             code, f"failed (exit {code})"

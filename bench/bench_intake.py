@@ -41,7 +41,6 @@ from bench.common import (
     print_table,
     ratios,
     reachable,
-    redis_flush,
     section,
     server_env,
     sql,
@@ -179,7 +178,6 @@ def rows_per_identical_id(db_url: str, urls: list[str]) -> tuple[list[int], list
 
 def postgres_figures() -> list[Row]:
     with fresh_database("intake") as db_url:
-        redis_flush()
         env = server_env(database_url=db_url)
         with daphnes(SERVERS, env=env, name="intake") as urls:
             seed(urls[0])

@@ -7,7 +7,7 @@ least three rounds, and count every error, 5xx or lost message as a failed row.
 The API, in the order a benchmark uses it:
 
     require(postgres=True, redis=True)      # prints why and exits SKIPPED if a service is missing
-    with fresh_database("page") as db_url:  # porchlight_bench_page, migrated, dropped at the end
+    with fresh_database("page") as db_url:  # porchlight_bench_page_<pid>, migrated, dropped after
         env = server_env(database_url=db_url)           # production stack: PG + REDIS_URL (db 7)
         with daphnes(2, env=env) as urls:                # N daphne processes on free ports
             requests = [Request("GET", "/t/abc/")]      # method, path, headers, body
@@ -105,11 +105,18 @@ def _admin_connection() -> Any:
 
 @contextmanager
 def fresh_database(name: str, *, migrate: bool = True) -> Iterator[str]:
-    """A new PostgreSQL database `porchlight_bench_<name>` (dropped first if a run left it),
-    migrated with manage.py; yields its DATABASE_URL and drops it at the end."""
-    database = f"porchlight_bench_{re.sub(r'[^a-z0-9_]', '_', name.lower())}"
+    """A new PostgreSQL database `porchlight_bench_<name>_<pid>`, migrated with manage.py; yields
+    its DATABASE_URL and drops it at the end. The pid keeps two runs of one benchmark apart;
+    databases left by runs whose process is gone are dropped first."""
+    prefix = f"porchlight_bench_{re.sub(r'[^a-z0-9_]', '_', name.lower())}_"
+    database = f"{prefix}{os.getpid()}"
     url = _with_database(ADMIN_DATABASE_URL, database)
     with _admin_connection() as admin:
+        names = [row[0] for row in admin.execute("SELECT datname FROM pg_database").fetchall()]
+        for stale in names:
+            pid = stale.removeprefix(prefix)
+            if stale.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+                admin.execute(f'DROP DATABASE IF EXISTS "{stale}" WITH (FORCE)')
         admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{database}"')
     try:
@@ -119,6 +126,16 @@ def fresh_database(name: str, *, migrate: bool = True) -> Iterator[str]:
     finally:
         with _admin_connection() as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextmanager
@@ -135,11 +152,14 @@ def sql(database_url: str, query: str, params: Sequence[Any] = ()) -> list[tuple
     import psycopg
 
     with psycopg.connect(database_url.replace("postgres://", "postgresql://", 1), autocommit=True) as conn:
-        cursor = conn.execute(query, params)  # type: ignore[arg-type]
+        cursor = conn.execute(query, params or None)  # type: ignore[arg-type]
         return list(cursor.fetchall()) if cursor.description else []
 
 
 def redis_flush(url: str = REDIS_URL) -> None:
+    """Empty the benchmarks' Redis database. `make bench` does it before each module (they run
+    one at a time), so that no module's queued tasks reach the next one's worker; a module
+    must not flush it itself, as another benchmark may be using it at that moment."""
     import redis
 
     redis.Redis.from_url(url).flushdb()
