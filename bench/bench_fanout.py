@@ -49,15 +49,15 @@ SUSTAINED_SECONDS = float(os.environ.get("BENCH_SUSTAINED_SECONDS", "30"))
 
 async def _fleet(spec: dict[str, Any], out: Path) -> None:
     from websockets.asyncio.client import connect
-    from websockets.exceptions import InvalidHandshake
+    from websockets.exceptions import InvalidHandshake, InvalidStatus
 
     sockets: list[Any] = []
-    gate = asyncio.Semaphore(50)
+    gate = asyncio.Semaphore(25)
 
     async def open_one(url: str, origin: str) -> None:
         # A server busy with thousands of handshakes may drop one (daphne gives the app 5 s to
         # accept): try again a few times, as a browser's reconnect would.
-        for attempt in range(5):
+        for attempt in range(8):
             try:
                 async with gate:
                     socket = await connect(
@@ -65,8 +65,8 @@ async def _fleet(spec: dict[str, Any], out: Path) -> None:
                     )  # type: ignore[arg-type]
                 sockets.append(socket)
                 return
-            except (OSError, TimeoutError, InvalidHandshake):
-                if attempt == 4:
+            except (OSError, TimeoutError, InvalidHandshake, InvalidStatus):
+                if attempt == 7:
                     raise
                 await asyncio.sleep(0.5 * (attempt + 1))
 
