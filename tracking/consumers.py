@@ -8,7 +8,6 @@ a token that already has too many sockets open in this process.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 import weakref
@@ -97,9 +96,7 @@ def _hub(layer: Any) -> _DriverHub:
     return hub
 
 
-# Off the single thread-sensitive thread: a burst of reconnects (after a Redis or deploy
-# restart) would otherwise queue every handshake's lookup behind one thread.
-@functools.partial(database_sync_to_async, thread_sensitive=False)
+@database_sync_to_async
 def _load(token: str, requested_language: str | None) -> tuple[int, str, dict[str, Any]] | None:
     delivery = delivery_for_token(token=token)
     if delivery is None:
