@@ -28,6 +28,7 @@ bench/loadgen.py; set BENCH_CLIENT=python to never use wrk.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import re
@@ -377,7 +378,7 @@ def percentile(values: Sequence[float], percent: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(percent / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(percent / 100 * len(ordered))))
     return ordered[rank - 1]
 
 
