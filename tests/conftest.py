@@ -43,9 +43,14 @@ def contract_examples() -> dict[str, Any]:
     return json.loads((CONTRACTS / "routing-events.examples.json").read_text())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Any:
-    """Headless Debian Chromium through Playwright's Python API (no downloaded browser)."""
+    """Headless Debian Chromium through Playwright's Python API (no downloaded browser).
+
+    Module-scoped on purpose: while Playwright's sync API is up it keeps an event loop marked
+    running on this thread, which breaks asyncio.run() and async_to_sync in later tests, so it
+    is stopped when the module's browser tests are done.
+    """
     import os
 
     from tests.services import CHROMIUM_ARGS, chromium_path
@@ -53,13 +58,20 @@ def browser() -> Any:
     executable = chromium_path()
     from playwright.sync_api import sync_playwright
 
-    # Playwright's sync API keeps an event loop on this thread; the ORM calls the tests make
-    # in between are still plain synchronous calls.
+    # The ORM calls the tests make between browser steps are plain synchronous calls, but
+    # Django sees Playwright's loop and would refuse them.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        yield instance
-        instance.close()
+    try:
+        with sync_playwright() as playwright:
+            instance = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+            yield instance
+            instance.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture
