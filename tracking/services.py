@@ -29,6 +29,8 @@ DETAIL_FIELDS = (
     "customer_name", "phone", "email", "locale", "address_line1", "address_line2", "city",
     "postcode", "country", "lat", "lon", "timezone", "window_start", "window_end", "zone_code", "items",
 )  # fmt: skip
+PING_COLUMNS = ("driver", "lat", "lon", "heading", "speed_mps", "accuracy_m", "recorded_at", "received_at")
+POSITION_FIELDS = ("lat", "lon", "heading", "speed_mps", "accuracy_m", "position_recorded_at")
 EVENT_COLUMNS = ("event_id", "type", "occurred_at", "reference", "payload", "result", "received_at", "source")
 
 
@@ -169,10 +171,10 @@ def _apply(batch: _Batch, parsed: list[tuple[int, Event]]) -> None:
     _apply_pings(batch, pings)
     _apply_delivery_events(batch, others)
     _add_tracking_urls(batch, parsed)
-    sql.update_many(
+    sql.update_rows(
         InboundEvent,
         set_names=("result", "delivery"),
-        where="event_id",
+        key="event_id",
         rows=[(result, delivery_id, event_id) for event_id, (result, delivery_id) in sorted(batch.outcomes.items())],
     )
 
@@ -193,7 +195,7 @@ def _claim(batch: _Batch, events: list[Event]) -> list[str]:
         )
         for event in sorted(events, key=lambda e: e.id)
     ]
-    return sql.insert_ignoring_conflicts(InboundEvent, EVENT_COLUMNS, rows, conflict="event_id", returning="event_id")
+    return sql.insert_rows(InboundEvent, EVENT_COLUMNS, rows, conflict="event_id", returning="event_id")
 
 
 # --- driver pings -----------------------------------------------------------------------
@@ -203,13 +205,13 @@ def _apply_pings(batch: _Batch, pings: list[tuple[int, Event]]) -> None:
     if not pings:
         return
     drivers = drivers_get_or_create(external_ids={event.values["driver_id"] for _, event in pings})
-    LocationPing.objects.bulk_create(
-        LocationPing(
-            driver=drivers[event.values["driver_id"]],
-            received_at=batch.received_at,
-            **{key: value for key, value in event.values.items() if key != "driver_id"},
-        )
-        for _, event in pings
+    sql.insert_rows(
+        LocationPing,
+        PING_COLUMNS,
+        [
+            (drivers[v["driver_id"]].pk, *(v[name] for name in PING_COLUMNS[1:-1]), batch.received_at)
+            for v in (event.values for _, event in pings)
+        ],
     )
     newest: dict[str, Event] = {}
     for index, event in pings:
@@ -222,28 +224,18 @@ def _apply_pings(batch: _Batch, pings: list[tuple[int, Event]]) -> None:
         driver = drivers[external_id]
         if driver.position_recorded_at and driver.position_recorded_at > event.values["recorded_at"]:
             continue  # a late ping: kept in the trail, never moves the marker back
-        for key in ("lat", "lon", "heading", "speed_mps", "accuracy_m"):
+        for key in POSITION_FIELDS[:-1]:
             setattr(driver, key, event.values[key])
         driver.position_recorded_at = event.values["recorded_at"]
         batch.moved_drivers[driver.pk] = driver
         moves.append(driver)
-    recorded_at = Driver._meta.get_field("position_recorded_at")
-    sql.update_many(
+    sql.update_rows(
         Driver,
-        set_names=("lat", "lon", "heading", "speed_mps", "accuracy_m", "position_recorded_at", "updated_at"),
-        where="id",
-        extra_where=(
-            f"AND ({connection.ops.quote_name('position_recorded_at')} IS NULL "
-            f"OR {connection.ops.quote_name('position_recorded_at')} <= %s)"
-        ),
-        rows=[
-            (
-                d.lat, d.lon, d.heading, d.speed_mps, d.accuracy_m, d.position_recorded_at, batch.received_at, d.pk,
-                recorded_at.get_db_prep_save(d.position_recorded_at, connection),
-            )
-            for d in moves
-        ],
-    )  # fmt: skip
+        set_names=(*POSITION_FIELDS, "updated_at"),
+        key="id",
+        unless_newer="position_recorded_at",
+        rows=[(*(getattr(d, name) for name in POSITION_FIELDS), batch.received_at, d.pk) for d in moves],
+    )
 
 
 def drivers_get_or_create(*, external_ids: set[str]) -> dict[str, Driver]:

@@ -1,4 +1,9 @@
-"""The two statements the intake needs that the ORM does not offer, for SQLite and PostgreSQL."""
+"""The bulk statements the intake needs that the ORM does not offer, for SQLite and PostgreSQL.
+
+On PostgreSQL every statement sends one array per column and `unnest`s them, so a batch of
+500 rows is one short statement with a handful of parameters: composing a VALUES list of
+thousands of placeholders costs more in Python than the database spends on the rows.
+"""
 
 from __future__ import annotations
 
@@ -8,58 +13,114 @@ from typing import Any
 from django.db import connection, models
 
 
-def _prep(model: type[models.Model], names: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
-    fields = [model._meta.get_field(name) for name in names]
-    return [
-        [field.get_db_prep_save(value, connection) for field, value in zip(fields, row, strict=True)]  # type: ignore[union-attr]
-        for row in rows
-    ]
+def _fields(model: type[models.Model], names: Sequence[str]) -> list[models.Field[Any, Any]]:
+    return [model._meta.get_field(name) for name in names]  # type: ignore[misc]
 
 
-def _column(model: type[models.Model], name: str) -> str:
-    return connection.ops.quote_name(str(model._meta.get_field(name).column))  # type: ignore[union-attr]
+def _prep(fields: Sequence[models.Field[Any, Any]], rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    return [[field.get_db_prep_save(value, connection) for field, value in zip(fields, row, strict=True)] for row in rows]
 
 
-def insert_ignoring_conflicts(
+def _quote(name: str) -> str:
+    return connection.ops.quote_name(name)
+
+
+def _unnest(fields: Sequence[models.Field[Any, Any]], rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+    """`unnest(%s::type[], ...)` and its parameters: one list per column.
+
+    Values go to psycopg as they are (aware datetimes, numbers, text; JSON wrapped as Jsonb),
+    which skips Django's per-value preparation: the intake only hands over such values."""
+    from psycopg.types.json import Jsonb
+
+    columns: list[list[Any]] = [list(column) for column in zip(*rows, strict=True)]
+    for index, field in enumerate(fields):
+        if isinstance(field, models.JSONField):
+            columns[index] = [None if value is None else Jsonb(value) for value in columns[index]]
+    casts = ", ".join(f"%b::{field.db_type(connection)}[]" for field in fields)
+    return f"unnest({casts})", columns
+
+
+def _execute_bound(sql: str, params: list[Any], *, fetch: bool) -> list[Any]:
+    """Run one statement with server-side binding: arrays travel as parameters in binary,
+    not quoted into the SQL text (Django's psycopg cursors bind on the client)."""
+    import psycopg
+
+    connection.ensure_connection()
+    raw = psycopg.Cursor(connection.connection)
+    cursor = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+    with cursor:
+        cursor.execute(sql, params)
+        return [row[0] for row in cursor.fetchall()] if fetch else []
+
+
+def insert_rows(
     model: type[models.Model],
     names: Sequence[str],
     rows: Sequence[Sequence[Any]],
     *,
-    conflict: str,
-    returning: str,
+    conflict: str | None = None,
+    returning: str | None = None,
 ) -> list[Any]:
-    """INSERT rows, skip those whose `conflict` column already exists, return `returning` of
-    the rows that went in. Concurrent inserts of the same key wait on the unique index, so
-    exactly one transaction gets each key."""
+    """INSERT rows; with `conflict`, skip those whose key already exists. Returns the
+    `returning` column of the rows that went in. Concurrent inserts of one key wait on the
+    unique index, so exactly one transaction gets each key."""
     if not rows:
         return []
-    columns = ", ".join(_column(model, name) for name in names)
-    one_row = "(" + ", ".join(["%s"] * len(names)) + ")"
-    sql = (
-        f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} ({columns}) "
-        f"VALUES {', '.join([one_row] * len(rows))} "
-        f"ON CONFLICT ({_column(model, conflict)}) DO NOTHING RETURNING {_column(model, returning)}"
-    )
-    params = [value for row in _prep(model, names, rows) for value in row]
+    fields = _fields(model, names)
+    table = _quote(model._meta.db_table)
+    columns = ", ".join(_quote(field.column) for field in fields)
+    if connection.vendor == "postgresql":
+        source, params = _unnest(fields, rows)
+        sql = f"INSERT INTO {table} ({columns}) SELECT * FROM {source}"
+    else:
+        one_row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join([one_row] * len(rows))}"
+        params = [value for row in _prep(fields, rows) for value in row]
+    if conflict:
+        sql += f" ON CONFLICT ({_quote(_fields(model, [conflict])[0].column)}) DO NOTHING"
+    if returning:
+        sql += f" RETURNING {_quote(_fields(model, [returning])[0].column)}"
+    if connection.vendor == "postgresql":
+        return _execute_bound(sql, params, fetch=bool(returning))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return [row[0] for row in cursor.fetchall()]
+        return [row[0] for row in cursor.fetchall()] if returning else []
 
 
-def update_many(
-    model: type[models.Model], *, set_names: Sequence[str], where: str, rows: Sequence[Sequence[Any]], extra_where: str = ""
+def update_rows(
+    model: type[models.Model],
+    *,
+    set_names: Sequence[str],
+    key: str,
+    rows: Sequence[Sequence[Any]],
+    unless_newer: str | None = None,
 ) -> None:
-    """UPDATE model SET <set_names> WHERE <where> = %s [AND extra_where], once per row.
+    """UPDATE each row found by `key`: every row holds the values of set_names, then the key.
 
-    Each row holds the values of set_names, then the where value, then extra_where's params."""
+    With `unless_newer` (one of set_names), a row whose stored value of that column is
+    greater than the new one is left alone: a late write never overwrites a newer one."""
     if not rows:
         return
-    assignments = ", ".join(f"{_column(model, name)} = %s" for name in set_names)
-    sql = (
-        f"UPDATE {connection.ops.quote_name(model._meta.db_table)} SET {assignments} "
-        f"WHERE {_column(model, where)} = %s {extra_where}"
-    )
-    width = len(set_names) + 1
-    prepared = _prep(model, [*set_names, where], [row[:width] for row in rows])
+    fields = _fields(model, [*set_names, key])
+    table = _quote(model._meta.db_table)
+    names = [_quote(field.column) for field in fields]
+    guard_column = _quote(_fields(model, [unless_newer])[0].column) if unless_newer else ""
+    if connection.vendor == "postgresql":
+        source, params = _unnest(fields, rows)
+        aliases = ", ".join(f"c{i}" for i in range(len(fields)))
+        assignments = ", ".join(f"{name} = v.c{i}" for i, name in enumerate(names[:-1]))
+        sql = f"UPDATE {table} SET {assignments} FROM {source} AS v({aliases}) WHERE {table}.{names[-1]} = v.c{len(names) - 1}"
+        if unless_newer:
+            position = list(set_names).index(unless_newer)
+            sql += f" AND ({table}.{guard_column} IS NULL OR {table}.{guard_column} <= v.c{position})"
+        _execute_bound(sql, params, fetch=False)
+        return
+    assignments = ", ".join(f"{name} = %s" for name in names[:-1])
+    sql = f"UPDATE {table} SET {assignments} WHERE {names[-1]} = %s"
+    prepared = _prep(fields, rows)
+    if unless_newer:
+        position = list(set_names).index(unless_newer)
+        sql += f" AND ({guard_column} IS NULL OR {guard_column} <= %s)"
+        prepared = [[*row, row[position]] for row in prepared]
     with connection.cursor() as cursor:
-        cursor.executemany(sql, [[*head, *row[width:]] for head, row in zip(prepared, rows, strict=True)])
+        cursor.executemany(sql, prepared)
