@@ -140,6 +140,8 @@ class Slot(models.Model):
 class BookedBy(models.TextChoices):
     CUSTOMER = "customer", _("customer")
     STAFF = "staff", _("staff")
+    # The routing backend ended the delivery (cancelled or returned): its place is given back.
+    ROUTING = "routing", _("routing backend")
 
 
 class Booking(models.Model):

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from django.conf import settings
 from django.db import OperationalError, transaction
@@ -42,6 +42,9 @@ from scheduling.models import (
 from tracking import live
 from tracking.models import Delivery, Status
 from tracking.outbound import outbound_enqueue
+
+if TYPE_CHECKING:
+    from tracking.services import Change
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +264,15 @@ def booking_cancel(*, delivery: Delivery, by: str = BookedBy.STAFF, staff_user: 
             return True
 
     return _with_retries(cancel)
+
+
+def bookings_for_changes(*, changes: Sequence[Change]) -> None:
+    """A delivery the routing backend cancelled or returned gives its slot's place back.
+
+    Called by the intake inside the transaction that applied the status."""
+    for change in changes:
+        if change.kind == "status" and change.delivery.status in (Status.CANCELLED, Status.RETURNED):
+            booking_cancel(delivery=change.delivery, by=BookedBy.ROUTING)
 
 
 def slot_set_capacity(*, slot_id: int, capacity: int) -> bool:

@@ -19,6 +19,7 @@ from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from notifications.services import notifications_for_changes
+from scheduling.services import bookings_for_changes
 from tracking import live, sql
 from tracking.events import EVENT_TYPES, Event, Invalid, event_id_of, is_storable, parse_event
 from tracking.models import Delivery, DeliveryProof, Driver, EventResult, InboundEvent, LocationPing
@@ -80,6 +81,7 @@ def events_ingest(*, raw_events: list[Any], source: str = "routing") -> list[dic
                 _apply(batch, parsed)
                 _keep_rejected(batch, rejected, parsed)
                 notifications_for_changes(changes=batch.changes)
+                bookings_for_changes(changes=batch.changes)
                 # robust: the events are committed; a failed push must not turn the answer into a 500.
                 transaction.on_commit(_publisher(batch), robust=True)
             break

@@ -279,3 +279,39 @@ def test_generated_slots_keep_their_wall_clock_time_across_dst():
     assert [s.local_start.hour for s in slots] == [9, 9, 9]
     assert [s.start.utcoffset() for s in slots] == [timedelta(0)] * 3
     assert sorted({s.start.hour for s in slots}) == [14, 15]  # UTC-6 before, UTC-5 after
+
+
+@pytest.mark.parametrize("status", ["cancelled", "returned"])
+def test_a_delivery_the_routing_backend_ends_gives_its_place_back(post_events, status):
+    slot = make_slot(capacity=1)
+    delivery = make_delivery(zone=slot.zone)
+    booking_book(delivery=delivery, slot_id=str(slot.pk))
+    response = post_events(
+        {
+            "id": f"end-{status}",
+            "type": "delivery.status",
+            "occurred_at": timezone.now().isoformat(),
+            "data": {"reference": delivery.reference, "status": status},
+        }
+    )
+    assert response.json()["results"][0]["result"] == "accepted"
+    slot.refresh_from_db()
+    assert slot.booked == 0
+    change = BookingChange.objects.filter(booking__delivery=delivery).latest("pk")
+    assert (change.action, change.by) == ("cancelled", "routing")
+
+
+def test_a_delivery_still_on_its_way_keeps_its_place(post_events):
+    slot = make_slot(capacity=1)
+    delivery = make_delivery(zone=slot.zone)
+    booking_book(delivery=delivery, slot_id=str(slot.pk))
+    post_events(
+        {
+            "id": "still-going",
+            "type": "delivery.status",
+            "occurred_at": timezone.now().isoformat(),
+            "data": {"reference": delivery.reference, "status": "attempt_failed"},
+        }
+    )
+    slot.refresh_from_db()
+    assert slot.booked == 1
