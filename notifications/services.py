@@ -34,7 +34,7 @@ from notifications.models import (
     Preference,
     Status,
 )
-from notifications.transports import TransportError, transport_for
+from notifications.transports import Transport, TransportError, transport_for
 
 if TYPE_CHECKING:
     from tracking.models import Delivery
@@ -188,9 +188,13 @@ def notifications_deliver(*, notification_ids: Sequence[int]) -> dict[int, float
     those that failed and will be tried again."""
     rows = _claim(notification_ids)
     retries: dict[int, float] = {}
+    transports: dict[str, Transport] = {}
     for row in rows:
         try:
-            provider_id = transport_for(row.channel).send(row)
+            transport = transports.get(row.channel) or transports.setdefault(
+                row.channel, transport_for(row.channel)
+            )
+            provider_id = transport.send(row)
         except TransportError as error:
             delay = _failed(row, error)
             if delay is not None:

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 from django.urls import reverse
 
-from notifications.backends import SMSError, SMSMessage, get_sms_backend
+from notifications.backends import BaseSMSBackend, SMSError, SMSMessage, get_sms_backend
 from notifications.transports.base import Transport, TransportError
 
 if TYPE_CHECKING:
@@ -13,13 +13,18 @@ if TYPE_CHECKING:
 
 
 class SMSTransport(Transport):
+    def __init__(self) -> None:
+        self.backend: BaseSMSBackend | None = None  # made on first use, then kept for a chunk
+        self.callback_base = f"{settings.PORCHLIGHT_PUBLIC_URL}{reverse('twilio_status')}"
+
     def send(self, notification: Notification) -> str:
         # The notification id rides in the callback URL, so that a callback that beats our own
         # "sent" update (Twilio is fast) still finds its row.
-        callback = f"{settings.PORCHLIGHT_PUBLIC_URL}{reverse('twilio_status')}?n={notification.pk}"
+        callback = f"{self.callback_base}?n={notification.pk}"
         message = SMSMessage(to=notification.recipient, body=notification.body, status_callback=callback)
         try:
-            sent = get_sms_backend().send_messages([message])
+            self.backend = self.backend or get_sms_backend()
+            sent = self.backend.send_messages([message])
         except SMSError as error:
             raise TransportError(str(error), code=error.code, retry=error.retry) from error
         if sent != 1:
