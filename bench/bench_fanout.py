@@ -52,7 +52,7 @@ async def _fleet(spec: dict[str, Any], out: Path) -> None:
     from websockets.exceptions import InvalidHandshake, InvalidStatus
 
     sockets: list[Any] = []
-    gate = asyncio.Semaphore(25)
+    gate = asyncio.Semaphore(100)
 
     async def open_one(url: str, origin: str) -> None:
         # A server busy with thousands of handshakes may drop one (daphne gives the app 5 s to
