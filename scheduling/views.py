@@ -30,15 +30,9 @@ from scheduling.services import (
     slots_for_delivery,
 )
 from tracking.models import Delivery
+from tracking.views import customer_headers
 
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
-# The tracking page's policy: our own scripts and styles only (htmx is served from /static/).
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
-
-
 class HtmxHttpRequest(HttpRequest):
     htmx: HtmxDetails
 
@@ -82,14 +76,7 @@ def _not_found(request: HttpRequest) -> HttpResponse:
 
 def _secured(response: HttpResponse) -> HttpResponse:
     add_never_cache_headers(response)
-    response["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-    response["X-Robots-Tag"] = "noindex, nofollow"
-    response["X-Content-Type-Options"] = "nosniff"
-    # With the site-wide "no-referrer", Chromium sends `Origin: null` on a plain form POST and
-    # Django's CSRF check refuses it, so the form would only work with JavaScript. Same-origin
-    # still sends nothing (the token in the URL included) to any other site.
-    response["Referrer-Policy"] = "same-origin"
-    return response
+    return customer_headers(response)
 
 
 @require_http_methods(["GET", "POST"])

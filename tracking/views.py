@@ -81,11 +81,20 @@ CONTENT_SECURITY_POLICY = "; ".join(
 )
 
 
-def _secured(response: HttpResponse) -> HttpResponse:
+def customer_headers(response: HttpResponse) -> HttpResponse:
+    """The headers of every page a customer reaches through their link (this one, slots...)."""
     response["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response["X-Robots-Tag"] = "noindex, nofollow"
     response["X-Content-Type-Options"] = "nosniff"
-    response["Referrer-Policy"] = "no-referrer"
+    # The link's token must never leave for another site, but "no-referrer" makes Chromium
+    # send `Origin: null` on a plain form POST, which Django's CSRF check refuses: the forms
+    # would only work with JavaScript. "same-origin" sends nothing to any other site.
+    response["Referrer-Policy"] = "same-origin"
+    return response
+
+
+def _secured(response: HttpResponse) -> HttpResponse:
+    customer_headers(response)
     # Not no-store: the browser keeps the page and revalidates it (304) on every visit, and
     # `private` keeps it out of shared caches. A personal page, never served stale.
     response["Cache-Control"] = "private, no-cache"

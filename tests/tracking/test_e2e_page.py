@@ -170,3 +170,24 @@ def test_the_keyboard_reaches_every_control_in_order(page: Any) -> None:
         assert focused[0] == "Skip to content"
         assert "Reschedule" in focused
         assert "instructions" in focused and "Save instructions" in focused
+
+
+def test_the_instructions_form_works_as_a_plain_post_without_javascript(browser: Any) -> None:
+    # A plain form POST must pass Django's CSRF origin check: with "no-referrer" Chromium
+    # sends `Origin: null` and the customer gets a 403.
+    context = browser.new_context(java_script_enabled=False, viewport={"width": 360, "height": 800})
+    page = context.new_page()
+    try:
+        with daphne(CHANNEL_LAYER_PREFIX=SESSION_PREFIX) as base:
+            post(base, upsert_event("ORD-E2E-NOJS"))
+            delivery = Delivery.objects.get(reference="ORD-E2E-NOJS")
+            block_tiles(page)
+            page.goto(f"{base}/t/{delivery.tracking_token}/")
+            page.fill("textarea[name=instructions]", "Leave it behind the blue gate")
+            with page.expect_navigation():
+                page.click("form[action$='instructions/'] [type=submit]")
+            assert "CSRF" not in page.content()
+            delivery.refresh_from_db()
+            assert delivery.instructions == "Leave it behind the blue gate"
+    finally:
+        context.close()
