@@ -207,19 +207,18 @@ def notifications_deliver(*, notification_ids: Sequence[int]) -> dict[int, float
 def _record_sent(notification_id: int, provider_id: str) -> None:
     """Recorded at once, message by message: a worker killed halfway through a chunk leaves
     only the message it was sending in doubt, not those it had sent."""
-    now = timezone.now()
-    with transaction.atomic():
+    stamp = connection.ops.adapt_datetimefield_value(timezone.now())
+    params = [stamp, provider_id, stamp, notification_id]
+    with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            # Without waiting for the WAL flush (a fsync per message was most of a send's time).
-            # A worker killed after this line loses nothing; only a crash of PostgreSQL itself
-            # within the flush delay (a fraction of a second) could forget it, and the message
-            # would then be sent again once: the same doubt as a kill between send and record.
-            with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL synchronous_commit TO OFF")
-        with connection.cursor() as cursor:
-            # One plain statement: the ORM's Case/When cost more than the round trip here.
-            stamp = connection.ops.adapt_datetimefield_value(now)
-            cursor.execute(_RECORD_SENT_SQL, [stamp, provider_id, stamp, notification_id])
+            # One round trip, without waiting for the WAL flush (a fsync per message was most of
+            # a send's time): the two statements run as one implicit transaction. A worker killed
+            # after this loses nothing; only a crash of PostgreSQL itself within the flush delay
+            # (a fraction of a second) could forget it, and the message would then be sent again
+            # once: the same doubt as a kill between the provider's accept and this line.
+            cursor.execute("SET LOCAL synchronous_commit TO OFF;" + _RECORD_SENT_SQL, params)
+        else:
+            cursor.execute(_RECORD_SENT_SQL, params)
 
 
 # A status callback may have landed first ("delivered"): the status moves on only from "sending".
