@@ -4,7 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 # The demo's links and its simulator follow PORT (make run PORT=8137).
-DEMO_ENV := DJANGO_DEBUG=1 PORCHLIGHT_PUBLIC_URL=$${PORCHLIGHT_PUBLIC_URL:-http://localhost:$(PORT)}
+# The demo runs no beat, so texts held for quiet hours would never go out: quiet hours are off
+# in the demo unless NOTIFY_QUIET_HOURS is set (production keeps its 21:00-08:00 default).
+DEMO_ENV := DJANGO_DEBUG=1 PORCHLIGHT_PUBLIC_URL=$${PORCHLIGHT_PUBLIC_URL:-http://localhost:$(PORT)} \
+	NOTIFY_QUIET_HOURS=$${NOTIFY_QUIET_HOURS-}
 # Simulated seconds per real second: 10 plays the demo's hour-long day in about six minutes.
 SPEED ?= 10
 
