@@ -46,7 +46,7 @@ bench: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy config tracking notifications scheduling
+	DJANGO_DEBUG=1 $(VENV)/bin/mypy config tracking notifications scheduling
 
 worker: $(VENV)/.installed
 	$(VENV)/bin/celery -A config worker --loglevel=INFO

@@ -56,7 +56,9 @@ def readyz(request: HttpRequest) -> JsonResponse:
     if broker.startswith(("redis://", "rediss://")) and broker != settings.REDIS_URL:
         checks["broker"] = _redis_ok(broker)
     ready = all(checks.values())
-    response = JsonResponse({"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503)
+    response = JsonResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks}, status=200 if ready else 503
+    )
     if not ready:
         response["Retry-After"] = "5"
     return response

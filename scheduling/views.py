@@ -33,6 +33,8 @@ from tracking.models import Delivery
 from tracking.views import customer_headers
 
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 class HtmxHttpRequest(HttpRequest):
     htmx: HtmxDetails
 

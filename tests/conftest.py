@@ -16,7 +16,15 @@ from tracking import signing
 CONTRACTS = Path(__file__).resolve().parent.parent.parent / "shared" / "contracts"
 
 
-def signed_post(client: Client, body: bytes | str | Any, *, secret: str | None = None, timestamp: int | None = None, content_type: str = "application/json", path: str = "/api/v1/events") -> Any:
+def signed_post(
+    client: Client,
+    body: bytes | str | Any,
+    *,
+    secret: str | None = None,
+    timestamp: int | None = None,
+    content_type: str = "application/json",
+    path: str = "/api/v1/events",
+) -> Any:
     """POST `body` to the intake, signed as the routing backend signs it."""
     if not isinstance(body, bytes | str):
         body = json.dumps(body)
@@ -64,7 +72,9 @@ def browser() -> Any:
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     try:
         with sync_playwright() as playwright:
-            instance = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+            instance = playwright.chromium.launch(
+                executable_path=executable, headless=True, args=CHROMIUM_ARGS
+            )
             yield instance
             instance.close()
     finally:

@@ -36,7 +36,9 @@ def run_pass(name: str, env: dict[str, str], extra: list[str]) -> int:
 
 def main() -> int:
     in_ci = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-    base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
+    base = {
+        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")
+    }
     base["PORCHLIGHT_REQUIRE_SERVICES"] = "1" if in_ci else ""
     problems: list[str] = []
     outcomes: list[tuple[str, int]] = []
@@ -50,10 +52,17 @@ def main() -> int:
         )
     else:
         env = {**base, "DATABASE_URL": PG_URL, "REDIS_URL": REDIS_URL}
-        outcomes.append(("production (PostgreSQL + Redis)", run_pass("production mode: PostgreSQL + Redis", env, [])))
+        outcomes.append(
+            ("production (PostgreSQL + Redis)", run_pass("production mode: PostgreSQL + Redis", env, []))
+        )
 
     embedded = dict(base)
-    outcomes.append(("embedded (SQLite, in-memory)", run_pass("embedded mode: SQLite", embedded, ["-m", EMBEDDED_ONLY_OFF])))
+    outcomes.append(
+        (
+            "embedded (SQLite, in-memory)",
+            run_pass("embedded mode: SQLite", embedded, ["-m", EMBEDDED_ONLY_OFF]),
+        )
+    )
 
     if not shutil.which("chromium"):
         problems.append("Browser tests were skipped: install Debian's chromium (apt-get install chromium).")

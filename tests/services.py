@@ -40,7 +40,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(condition: Callable[[], object], *, timeout: float = 10.0, interval: float = 0.02, what: str = "") -> object:
+def wait_for(
+    condition: Callable[[], object], *, timeout: float = 10.0, interval: float = 0.02, what: str = ""
+) -> object:
     """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -66,7 +68,9 @@ def database_url_for_subprocesses() -> str:
     need(db["ENGINE"] == "django.db.backends.postgresql", "PostgreSQL (run the production pass)")
     user = db.get("USER") or "postgres"
     password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+    return (
+        f"postgres://{user}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+    )
 
 
 def service_env(**extra: str) -> dict[str, str]:
@@ -82,7 +86,9 @@ def service_env(**extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def process(command: list[str], *, env: dict[str, str], ready: Callable[[], bool], name: str) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    command: list[str], *, env: dict[str, str], ready: Callable[[], bool], name: str
+) -> Iterator[subprocess.Popen[bytes]]:
     log = open(ROOT / "var" / f"{name}.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:

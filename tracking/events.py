@@ -24,9 +24,7 @@ from django.core.validators import URLValidator, validate_email
 from tracking.models import Status
 
 EVENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-RFC3339 = re.compile(
-    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
-)
+RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 BCP47 = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8}){0,4}")
 PHOTO_PREFIXES = {"data:image/jpeg;base64,": "JPEG", "data:image/png;base64,": "PNG"}
 MAX_PHOTO_BYTES = 512 * 1024
@@ -71,7 +69,9 @@ class _Reader:
     def fail(self, path: str, message: str) -> None:
         self.errors.setdefault(path, message)
 
-    def obj(self, parent: dict[str, Any], key: str, path: str, *, required: bool = True) -> dict[str, Any] | None:
+    def obj(
+        self, parent: dict[str, Any], key: str, path: str, *, required: bool = True
+    ) -> dict[str, Any] | None:
         value = parent.get(key)
         if value is None:
             if required:
@@ -118,7 +118,9 @@ class _Reader:
             self.fail(path, "Must be a number.")
             return None
         if (low is not None and value < low) or (high is not None and value > high):
-            self.fail(path, f"Must be between {low} and {high}." if high is not None else f"Must be at least {low}.")
+            self.fail(
+                path, f"Must be between {low} and {high}." if high is not None else f"Must be at least {low}."
+            )
             return None
         return float(value)
 
@@ -133,7 +135,9 @@ class _Reader:
             return None
         return value
 
-    def timestamp(self, parent: dict[str, Any], key: str, path: str, *, required: bool = True) -> datetime | None:
+    def timestamp(
+        self, parent: dict[str, Any], key: str, path: str, *, required: bool = True
+    ) -> datetime | None:
         value = parent.get(key)
         if value is None:
             if required:
@@ -251,14 +255,21 @@ def _parse_upserted(reader: _Reader, data: dict[str, Any], event: Event) -> None
         reader.fail("data.address.country", "Must be an ISO 3166-1 alpha-2 code.")
     values["phone"] = _phone(reader, customer, country)
     values["email"] = _email(reader, customer)
-    if customer and not values["phone"] and not values["email"] and "data.customer.phone" not in reader.errors:
+    if (
+        customer
+        and not values["phone"]
+        and not values["email"]
+        and "data.customer.phone" not in reader.errors
+    ):
         reader.fail("data.customer", "At least one of phone or email is required.")
     locale = reader.text(customer, "locale", "data.customer.locale", required=False, max_length=35) or "en"
     if not BCP47.fullmatch(locale):
         reader.fail("data.customer.locale", "Must be a BCP 47 language tag, e.g. en or es-MX.")
     values["locale"] = locale
     values["address_line1"] = reader.text(address, "line1", "data.address.line1", max_length=300)
-    values["address_line2"] = reader.text(address, "line2", "data.address.line2", required=False, max_length=300)
+    values["address_line2"] = reader.text(
+        address, "line2", "data.address.line2", required=False, max_length=300
+    )
     values["city"] = reader.text(address, "city", "data.address.city")
     values["postcode"] = reader.text(address, "postcode", "data.address.postcode", max_length=32)
     values["country"] = country
@@ -327,7 +338,9 @@ def _parse_status(reader: _Reader, data: dict[str, Any], event: Event) -> None:
 def _parse_eta(reader: _Reader, data: dict[str, Any], event: Event) -> None:
     _reference(reader, data, event)
     event.values["eta"] = reader.timestamp(data, "eta", "data.eta")
-    event.values["eta_window_start"], event.values["eta_window_end"] = reader.window(data, "window", "data.window")
+    event.values["eta_window_start"], event.values["eta_window_end"] = reader.window(
+        data, "window", "data.window"
+    )
     event.values["stops_before"] = reader.count(data, "stops_before", "data.stops_before")
 
 
@@ -372,7 +385,7 @@ def _photo(reader: _Reader, data: dict[str, Any]) -> tuple[bytes | None, str]:
     if prefix is None:
         reader.fail(path, "Must start with data:image/jpeg;base64, or data:image/png;base64,")
         return None, ""
-    encoded = value[len(prefix):]
+    encoded = value[len(prefix) :]
     if len(encoded) > (MAX_PHOTO_BYTES // 3 + 1) * 4 + 4:
         reader.fail(path, "The photo is larger than 512 KiB.")
         return None, ""

@@ -68,6 +68,9 @@ class LocationPing(models.Model):
             models.Index(fields=["recorded_at"], name="ping_recorded_at"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.driver_id} at {self.recorded_at:%Y-%m-%d %H:%M:%S}"
+
 
 class Delivery(models.Model):
     reference = models.CharField(max_length=200, unique=True)
@@ -168,6 +171,9 @@ class DeliveryProof(models.Model):
     photo_url = models.URLField(max_length=2000, blank=True)
     occurred_at = models.DateTimeField()
 
+    def __str__(self) -> str:
+        return f"proof for delivery {self.delivery_id}"
+
 
 class EventResult(models.TextChoices):
     ACCEPTED = "accepted"
@@ -229,9 +235,7 @@ class OutboundEvent(models.Model):
     )
     data = models.JSONField()
     occurred_at = models.DateTimeField()
-    status = models.CharField(
-        max_length=16, choices=OutboundStatus.choices, default=OutboundStatus.QUEUED
-    )
+    status = models.CharField(max_length=16, choices=OutboundStatus.choices, default=OutboundStatus.QUEUED)
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField()
     # A sender holds the row until this time; past it, the sweeper may try again.

@@ -177,7 +177,10 @@ def _apply(batch: _Batch, parsed: list[tuple[int, Event]]) -> None:
         InboundEvent,
         set_names=("result", "delivery"),
         key="event_id",
-        rows=[(result, delivery_id, event_id) for event_id, (result, delivery_id) in sorted(batch.outcomes.items())],
+        rows=[
+            (result, delivery_id, event_id)
+            for event_id, (result, delivery_id) in sorted(batch.outcomes.items())
+        ],
     )
 
 
@@ -368,7 +371,11 @@ def _apply_status(batch: _Batch, delivery: Delivery, event: Event) -> bool:
 
 def driver_update(*, external_id: str, name: str = "", vehicle: str = "") -> Driver:
     driver = drivers_get_or_create(external_ids={external_id})[external_id]
-    changed = [key for key, value in (("name", name), ("vehicle", vehicle)) if value and getattr(driver, key) != value]
+    changed = [
+        key
+        for key, value in (("name", name), ("vehicle", vehicle))
+        if value and getattr(driver, key) != value
+    ]
     for key in changed:
         setattr(driver, key, name if key == "name" else vehicle)
     if changed:
@@ -386,7 +393,9 @@ def _apply_eta(batch: _Batch, delivery: Delivery, event: Event) -> bool:
     if event.values["stops_before"] is not None:
         delivery.stops_before = event.values["stops_before"]
     delivery.eta_at = event.occurred_at
-    delivery.save(update_fields=["eta", "eta_window_start", "eta_window_end", "stops_before", "eta_at", "updated_at"])
+    delivery.save(
+        update_fields=["eta", "eta_window_start", "eta_window_end", "stops_before", "eta_at", "updated_at"]
+    )
     batch.changes.append(Change(delivery=delivery, kind="eta", event=event, previous=previous))
     return True
 
@@ -395,8 +404,13 @@ def _apply_proof(batch: _Batch, delivery: Delivery, event: Event) -> bool:
     proof = DeliveryProof.objects.filter(delivery=delivery).first()
     if proof is not None and not _newer(event, proof.occurred_at):
         return False
-    values = {key: event.values[key] for key in ("recipient_name", "note", "photo", "photo_content_type", "photo_url")}
-    DeliveryProof.objects.update_or_create(delivery=delivery, defaults={**values, "occurred_at": event.occurred_at})
+    values = {
+        key: event.values[key]
+        for key in ("recipient_name", "note", "photo", "photo_content_type", "photo_url")
+    }
+    DeliveryProof.objects.update_or_create(
+        delivery=delivery, defaults={**values, "occurred_at": event.occurred_at}
+    )
     batch.changes.append(Change(delivery=delivery, kind="proof", event=event))
     return True
 

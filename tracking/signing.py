@@ -77,9 +77,7 @@ def verify(
     parsed = parse(header)
     current = time.time() if now is None else now
     if abs(current - parsed.timestamp) > tolerance:
-        raise SignatureError(
-            "stale_signature", f"t is more than {tolerance} s away from the server's clock."
-        )
+        raise SignatureError("stale_signature", f"t is more than {tolerance} s away from the server's clock.")
     matched = False
     # An empty secret (a stray comma in the setting) would let anyone sign: never use one.
     for secret in filter(None, secrets):

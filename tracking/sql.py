@@ -18,10 +18,14 @@ def _fields(model: type[models.Model], names: Sequence[str]) -> list[models.Fiel
 
 
 def _prep(fields: Sequence[models.Field[Any, Any]], rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
-    return [[field.get_db_prep_save(value, connection) for field, value in zip(fields, row, strict=True)] for row in rows]
+    return [
+        [field.get_db_prep_save(value, connection) for field, value in zip(fields, row, strict=True)]
+        for row in rows
+    ]
 
 
-def _quote(name: str) -> str:
+def _quote(name: str | None) -> str:
+    assert name is not None  # concrete fields always have a column
     return connection.ops.quote_name(name)
 
 
@@ -47,7 +51,10 @@ def _execute_bound(sql: str, params: list[Any], *, fetch: bool) -> list[Any]:
 
     connection.ensure_connection()
     raw = psycopg.Cursor(connection.connection)
-    cursor = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+    # Wrapped as Django wraps its own, so query logging, assertNumQueries and error translation
+    # (OperationalError with the SQLSTATE the intake retries on) work the same.
+    wrap = connection.make_debug_cursor if connection.queries_logged else connection.make_cursor
+    cursor = wrap(raw)  # type: ignore[arg-type]
     with cursor:
         cursor.execute(sql, params)
         return [row[0] for row in cursor.fetchall()] if fetch else []
@@ -109,7 +116,10 @@ def update_rows(
         source, params = _unnest(fields, rows)
         aliases = ", ".join(f"c{i}" for i in range(len(fields)))
         assignments = ", ".join(f"{name} = v.c{i}" for i, name in enumerate(names[:-1]))
-        sql = f"UPDATE {table} SET {assignments} FROM {source} AS v({aliases}) WHERE {table}.{names[-1]} = v.c{len(names) - 1}"
+        sql = (
+            f"UPDATE {table} SET {assignments} FROM {source} AS v({aliases}) "
+            f"WHERE {table}.{names[-1]} = v.c{len(names) - 1}"
+        )
         if unless_newer:
             position = list(set_names).index(unless_newer)
             sql += f" AND ({table}.{guard_column} IS NULL OR {table}.{guard_column} <= v.c{position})"

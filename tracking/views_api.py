@@ -80,7 +80,9 @@ def events_receive(request: HttpRequest) -> HttpResponse:
     events = events_of(document)
     if events is None:
         return _error(
-            400, "invalid_envelope", f'Send one EVENT object, or {{"events": [...]}} with 1 to {MAX_EVENTS} events.'
+            400,
+            "invalid_envelope",
+            f'Send one EVENT object, or {{"events": [...]}} with 1 to {MAX_EVENTS} events.',
         )
     return JsonResponse({"results": events_ingest(raw_events=events)})
 

@@ -27,7 +27,9 @@ def test_readyz_is_503_with_retry_after_when_redis_is_unreachable(client, settin
     assert response["Retry-After"] == "5"
 
 
-def test_the_intake_answers_503_not_500_when_the_database_is_down(post_events, monkeypatch, contract_examples):
+def test_the_intake_answers_503_not_500_when_the_database_is_down(
+    post_events, monkeypatch, contract_examples
+):
     def unreachable(**kwargs):
         raise OperationalError("connection refused")
 

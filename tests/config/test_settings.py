@@ -11,7 +11,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SHOW = (
     "import json, django; django.setup(); from django.conf import settings as s; "
-    "print(json.dumps({'engine': s.DATABASES['default']['ENGINE'], 'layer': s.CHANNEL_LAYERS['default']['BACKEND'],"
+    "print(json.dumps({'engine': s.DATABASES['default']['ENGINE'],"
+    " 'layer': s.CHANNEL_LAYERS['default']['BACKEND'],"
     " 'eager': s.CELERY_TASK_ALWAYS_EAGER, 'sms': s.SMS_BACKEND, 'email': s.EMAIL_BACKEND, 'debug': s.DEBUG,"
     " 'hosts': s.ALLOWED_HOSTS, 'pool': bool(s.DATABASES['default'].get('OPTIONS', {}).get('pool')),"
     " 'hsts': s.SECURE_HSTS_SECONDS, 'ssl_redirect': s.SECURE_SSL_REDIRECT}))"
@@ -22,7 +23,9 @@ CONFIG_NAMES = ("DJANGO_", "DATABASE_URL", "REDIS_URL", "CELERY_", "PORCHLIGHT_"
 def settings_with(**env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(CONFIG_NAMES)}
     clean.update(DJANGO_SETTINGS_MODULE="config.settings", **env)
-    return subprocess.run([sys.executable, "-c", SHOW], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", SHOW], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_with_debug_off_and_no_secret_key_it_refuses_to_start_and_says_why():
