@@ -321,6 +321,7 @@ def main() -> None:
         free_port,
         fresh_database,
         median,
+        port_open,
         post,
         print_table,
         process,
@@ -346,7 +347,7 @@ def main() -> None:
                 [sys.executable, "-m", "bench.bench_fanout", "bare", str(bare_port)],
                 env=dict(os.environ),
                 name="fanout-bare",
-                ready=lambda: _port_open(bare_port),
+                ready=lambda: port_open(bare_port),
             ),
         ):
             _seed(env, max(SIZES))
@@ -437,22 +438,3 @@ def main() -> None:
     print_table("Fan-out: one ping to every open socket (time to the last socket)", rows)
     if sustained:
         print_table("Sustained pings on the production stack (2 daphne, channels-redis pub/sub)", sustained)
-
-
-def _port_open(port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "client":
-        asyncio.run(_fleet(json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[3])))
-    elif len(sys.argv) > 1 and sys.argv[1] == "bare":
-        asyncio.run(_bare(int(sys.argv[2])))
-    else:
-        main()

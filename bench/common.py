@@ -33,12 +33,10 @@ import os
 import pickle
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
@@ -48,6 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
+
+# Shared with the test fixtures and `make test`; the benchmarks import them from here.
+from tests.processes import free_port, port_open, reachable, running
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = ROOT / "var" / "bench"
@@ -64,15 +65,6 @@ _our_logs: list[Path] = []
 
 
 # --- services ---------------------------------------------------------------------------
-
-
-def reachable(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def require(*, postgres: bool = False, redis: bool = False) -> None:
@@ -205,44 +197,14 @@ def manage(args: list[str], *, env: dict[str, str]) -> str:
     return done.stdout
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
 @contextmanager
 def process(
     command: list[str], *, env: dict[str, str], name: str, ready: Callable[[], bool]
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A subprocess logging to var/bench/<name>.log, waited for until `ready()`, stopped at the end."""
-    LOGS.mkdir(parents=True, exist_ok=True)
-    log = open(LOGS / f"{name}.log", "wb")  # noqa: SIM115 (closed below)
     _our_logs.append(LOGS / f"{name}.log")
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while not ready():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start; see {LOGS / name}.log")
-            time.sleep(0.05)
+    with running(command, env=env, ready=ready, log_path=LOGS / f"{name}.log", timeout=60) as proc:
         yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @contextmanager
@@ -260,7 +222,7 @@ def daphnes(
                 "PORCHLIGHT_PUBLIC_URL": env.get("PORCHLIGHT_PUBLIC_URL", f"http://127.0.0.1:{port}"),
             }
             stack.enter_context(
-                process(command, env=port_env, name=f"{name}-{port}", ready=lambda p=port: _port_open(p))  # type: ignore[misc]
+                process(command, env=port_env, name=f"{name}-{port}", ready=lambda p=port: port_open(p))  # type: ignore[misc]
             )
         yield [f"http://127.0.0.1:{port}" for port in ports]
 

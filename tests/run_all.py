@@ -9,23 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-from urllib.parse import urlsplit
+
+from tests.processes import reachable
 
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/porchlight")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 EMBEDDED_ONLY_OFF = "not postgres and not redis"
-
-
-def reachable(url: str) -> bool:
-    parts = urlsplit(url)
-    try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 0), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def run_pass(name: str, env: dict[str, str], extra: list[str]) -> int:

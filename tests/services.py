@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.processes import ROOT, free_port, port_open, running
 
 
 def need(condition: bool, what: str) -> None:
@@ -32,12 +31,6 @@ def need(condition: bool, what: str) -> None:
     if os.environ.get("PORCHLIGHT_REQUIRE_SERVICES"):
         pytest.fail(f"required in CI: {what}")
     pytest.skip(what)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(
@@ -52,14 +45,6 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
         time.sleep(interval)
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def database_url_for_subprocesses() -> str:
@@ -89,23 +74,8 @@ def service_env(**extra: str) -> dict[str, str]:
 def process(
     command: list[str], *, env: dict[str, str], ready: Callable[[], bool], name: str
 ) -> Iterator[subprocess.Popen[bytes]]:
-    log = open(ROOT / "var" / f"{name}.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while not ready():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start; see var/{name}.log")
-            time.sleep(0.05)
+    with running(command, env=env, ready=ready, log_path=ROOT / "var" / f"{name}.log") as proc:
         yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @contextmanager
@@ -115,7 +85,7 @@ def daphne(**extra_env: str) -> Iterator[str]:
     port = free_port()
     command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
     env = service_env(PORCHLIGHT_PUBLIC_URL=f"http://127.0.0.1:{port}", **extra_env)
-    with process(command, env=env, ready=lambda: _port_open(port), name=f"daphne-{port}"):
+    with process(command, env=env, ready=lambda: port_open(port), name=f"daphne-{port}"):
         yield f"http://127.0.0.1:{port}"
 
 
