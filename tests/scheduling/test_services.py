@@ -315,3 +315,16 @@ def test_a_delivery_still_on_its_way_keeps_its_place(post_events):
     )
     slot.refresh_from_db()
     assert slot.booked == 1
+
+
+def test_booking_then_moving_writes_one_confirmation_each_for_the_customer():
+    from notifications.models import Notification
+
+    first = make_slot(capacity=1)
+    second = make_slot(capacity=1, zone=first.zone, start=first.start + timedelta(hours=2))
+    delivery = make_delivery(zone=first.zone)
+    booking_book(delivery=delivery, slot_id=str(first.pk))
+    booking_book(delivery=delivery, slot_id=str(first.pk))  # a double submit: no second message
+    booking_book(delivery=delivery, slot_id=str(second.pk))
+    kinds = list(Notification.objects.filter(delivery=delivery).order_by("pk").values_list("kind", flat=True))
+    assert kinds == ["booked", "moved"]
