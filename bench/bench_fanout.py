@@ -438,3 +438,12 @@ def main() -> None:
     print_table("Fan-out: one ping to every open socket (time to the last socket)", rows)
     if sustained:
         print_table("Sustained pings on the production stack (2 daphne, channels-redis pub/sub)", sustained)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "client":
+        asyncio.run(_fleet(json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[3])))
+    elif len(sys.argv) > 1 and sys.argv[1] == "bare":
+        asyncio.run(_bare(int(sys.argv[2])))
+    else:
+        main()
