@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,7 @@ from notifications import rules, services
 from notifications.models import Notification
 from notifications.tasks import notifications_sweep
 from tests.notifications.conftest import make_delivery
-from tests.services import celery_worker, wait_for
+from tests.services import celery_worker, fast_beat, wait_for
 
 pytestmark = [
     pytest.mark.postgres,
@@ -52,24 +49,6 @@ def _kill_group(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-@contextmanager
-def _beat(every: float) -> Iterator[None]:
-    """What `celery beat` does every NOTIFY_SWEEP_INTERVAL, faster."""
-    stop = threading.Event()
-
-    def run() -> None:
-        while not stop.wait(every):
-            notifications_sweep.delay()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
 def calls(folder: Path) -> Counter[int]:
     return Counter(int(path.name.split("-", 1)[0]) for path in folder.iterdir())
 
@@ -89,7 +68,7 @@ def test_killing_the_worker_mid_send_loses_nothing_and_repeats_only_ambiguous_se
             firings=[(d, rules.Firing("booked", f"{d.pk}:booked")) for d in deliveries]
         )
     in_flight_at_kills = set()
-    with _beat(1.0):
+    with fast_beat(notifications_sweep, every=1.0):
         for _ in range(3):
             with celery_worker(**env) as worker:
                 before = sum(calls(tmp_path).values())

@@ -4,11 +4,8 @@ database, and the fake routing backend on loopback. Nothing is lost while the ba
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -17,7 +14,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from tests.services import celery_worker, wait_for
+from tests.services import celery_worker, fast_beat, wait_for
 from tests.tracking.outbound_support import (
     OUTBOUND_SECRET,
     SLOT_DATA,
@@ -46,25 +43,6 @@ def worker_env(url: str) -> dict[str, str]:
     }
 
 
-@contextmanager
-def beat(every: float = 1.0) -> Iterator[None]:
-    """What `celery beat` does every 30 s, faster: publish the sweeper (a periodic schedule,
-    not a wait on a condition)."""
-    stop = threading.Event()
-
-    def run() -> None:
-        while not stop.wait(every):
-            outbound_sweep.delay()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
 def statuses() -> Counter[str]:
     return Counter(OutboundEvent.objects.values_list("status", flat=True))
 
@@ -90,7 +68,11 @@ def test_a_rollback_publishes_no_task_and_a_commit_publishes_one() -> None:
 
 @pytest.mark.slow
 def test_twenty_events_queued_while_the_backend_answers_503_all_arrive_once_it_recovers() -> None:
-    with fake_routing_backend() as backend, celery_worker(**worker_env(backend.url)), beat():
+    with (
+        fake_routing_backend() as backend,
+        celery_worker(**worker_env(backend.url)),
+        fast_beat(outbound_sweep),
+    ):
         backend.status = 503
         delivery = make_delivery()
         rows = [
@@ -127,7 +109,7 @@ def test_twenty_events_queued_while_the_backend_answers_503_all_arrive_once_it_r
 def test_events_queued_while_the_backend_is_down_are_sent_when_it_comes_up() -> None:
     port = closed_port()
     url = f"http://127.0.0.1:{port}/routing/events"
-    with celery_worker(**worker_env(url)), beat():
+    with celery_worker(**worker_env(url)), fast_beat(outbound_sweep):
         delivery = make_delivery()
         rows = [
             outbound_enqueue(delivery=delivery, type="delivery.slot_booked", data=SLOT_DATA) for _ in range(5)
