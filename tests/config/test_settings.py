@@ -67,3 +67,24 @@ def test_database_and_redis_urls_switch_to_the_production_stack():
     assert shown["eager"] is False
     assert shown["debug"] is False
     assert shown["hsts"] >= 15_724_800 and shown["ssl_redirect"] is True
+
+
+def test_the_deploy_checks_pass_with_production_settings():
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(CONFIG_NAMES)}
+    clean.update(
+        DJANGO_SETTINGS_MODULE="config.settings",
+        DJANGO_SECRET_KEY="a-long-random-production-key-" + "x7Qp" * 12,
+        DJANGO_ALLOWED_HOSTS="track.example.com",
+        PORCHLIGHT_PUBLIC_URL="https://track.example.com",
+        PORCHLIGHT_ROUTING_SECRETS="routing-secret",
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
