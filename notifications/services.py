@@ -158,7 +158,8 @@ def _quiet_until(kind: str, channel: str, delivery: Delivery, at: datetime) -> d
 
 def channel_for(delivery: Delivery, *, exclude: str = "") -> tuple[str, str] | None:
     """SMS where there is a number the customer lets us text, else email, else nothing."""
-    preference = Preference.objects.filter(delivery=delivery).first()
+    # Through the relation, so render.language_for reuses the same (cached) row.
+    preference = getattr(delivery, "notification_preference", None)
     phone = phone_normalize(delivery.phone)
     sms_wanted = exclude != Channel.SMS and (preference is None or preference.sms)
     if sms_wanted and phone and not is_opted_out(channel=Channel.SMS, address=phone):
