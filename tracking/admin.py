@@ -105,3 +105,7 @@ class OutboundEventAdmin(_ReadOnlyAdmin):
             ngettext("%d event queued to be sent now.", "%d events queued to be sent now.", count) % count,
             messages.SUCCESS if count else messages.WARNING,
         )
+
+
+# Stored provider payloads (Onfleet, Spoke) have their admin beside the adapters.
+from tracking.integrations import admin as _integrations_admin  # noqa: E402, F401

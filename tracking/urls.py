@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import include, path
 
 from tracking import views, views_api
 
 urlpatterns = [
     path("api/v1/events", views_api.events_receive, name="events_receive"),
+    path("api/v1/integrations/", include("tracking.integrations.urls")),
     path("api/v1/openapi.json", views_api.openapi_document, name="openapi_document"),
     path("t/<str:token>/", views.tracking_page, name="tracking_page"),
     path("t/<str:token>/state/", views.tracking_state, name="tracking_state"),

@@ -1,0 +1,1 @@
+"""Admin for stored provider payloads (replay after fixing a mapping)."""
