@@ -1,0 +1,11 @@
+# Placeholder kept in the migration graph so that work in parallel does not fork it;
+# #7 (privacy and retention).
+from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    dependencies = [
+        ("tracking", "0004_support_desk"),
+    ]
+
+    operations: list[migrations.operations.base.Operation] = []
