@@ -263,3 +263,48 @@ class OutboundEvent(models.Model):
             "occurred_at": self.occurred_at.isoformat(),
             "data": self.data,
         }
+
+
+# --- provider payloads (issue #8: Onfleet and Spoke webhooks) -----------------------------
+
+
+class Provider(models.TextChoices):
+    ONFLEET = "onfleet", "Onfleet"
+    SPOKE = "spoke", "Spoke Dispatch"
+
+
+class PayloadOutcome(models.TextChoices):
+    APPLIED = "applied", "applied"  # every native event it gave was accepted, duplicate, stale or pending
+    REJECTED = "rejected", "rejected (some events)"  # the intake refused at least one of its events
+    IGNORED = "ignored", "ignored"  # authentic, but nothing Porchlight tracks (workerDuty, test event)
+    FAILED = "failed", "failed (mapping error)"  # the mapping raised: kept for a replay after the fix
+
+
+class ProviderPayload(models.Model):
+    """An authentic webhook body from a dispatch product, kept as received so that staff can
+    replay it after a mapping fix. Never logged: providers may put account keys in them."""
+
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    # The provider's idempotency key (Onfleet: task id, trigger id and time; Spoke: type, stop
+    # id and created): a second delivery of the same key is acknowledged and not applied again.
+    key = models.CharField(max_length=300)
+    kind = models.CharField(max_length=64, blank=True, help_text="trigger name or event type")
+    reference = models.CharField(max_length=200, blank=True, help_text="the delivery's reference")
+    body = models.TextField(help_text="the raw body, as received")
+    outcome = models.CharField(max_length=16, choices=PayloadOutcome.choices)
+    results = models.JSONField(default=list, blank=True, help_text="the intake's result per native event")
+    error = models.TextField(blank=True)
+    received_at = models.DateTimeField()
+    times_received = models.PositiveIntegerField(default=1)
+    replayed_at = models.DateTimeField(null=True, blank=True)
+    replays = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["provider", "key"], name="provider_payload_key")]
+        indexes = [
+            models.Index(fields=["-received_at"], name="provider_payload_received"),
+            models.Index(fields=["reference"], name="provider_payload_reference"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.kind} {self.reference}".strip()
