@@ -13,8 +13,16 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
+from config import wsserver  # noqa: E402
 from config.routing import websocket_urlpatterns  # noqa: E402
+
+# Under daphne: inbound frame limits, a bound on each socket's unsent bytes, one-frame fan-out.
+wsserver.install(
+    max_message_bytes=settings.PORCHLIGHT_WS_MAX_MESSAGE_BYTES,
+    send_buffer_bytes=settings.PORCHLIGHT_WS_SEND_BUFFER_BYTES,
+)
 
 application = ProtocolTypeRouter(
     {

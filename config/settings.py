@@ -252,3 +252,12 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.request": {"level": "ERROR"}},
 }
+
+# --- websockets: limits of the tracking socket (h5-sockets; docs/scaling.md) ---------------
+# Open tracking sockets per client IP, across all web processes when the cache is Redis (one
+# process's count with the embedded LocMemCache). Generous: carrier NAT puts many phones on one IP.
+PORCHLIGHT_WS_MAX_PER_IP = env.int("PORCHLIGHT_WS_MAX_PER_IP", default=200)
+# Inbound frames or messages above this fail the connection (1009) as their header arrives.
+PORCHLIGHT_WS_MAX_MESSAGE_BYTES = env.int("PORCHLIGHT_WS_MAX_MESSAGE_BYTES", default=64 * 1024)
+# A socket with more than this unsent (past the kernel's buffer) is closed as over capacity.
+PORCHLIGHT_WS_SEND_BUFFER_BYTES = env.int("PORCHLIGHT_WS_SEND_BUFFER_BYTES", default=256 * 1024)

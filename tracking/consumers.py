@@ -1,13 +1,16 @@
 """The tracking page's socket, `/ws/t/<token>/`: read-only, relays what tracking.live sends.
 
 The client has nothing to say: a frame that is too large or comes too often closes the socket
-(1009 / 1008). An unknown, malformed, revoked or expired token is refused before accept, as is
-a token that already has too many sockets open in this process.
+(1009 / 1008); under daphne a frame over 64 KiB is refused as its header arrives
+(config/wsserver.py). An unknown, malformed, revoked or expired token is refused before accept,
+as is a token that already has too many sockets open in this process, and a client IP that
+already has PORCHLIGHT_WS_MAX_PER_IP sockets open across all processes (counted in the cache).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 import weakref
@@ -15,8 +18,11 @@ from collections import Counter, defaultdict
 from typing import Any
 from urllib.parse import parse_qs
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.core.cache import cache
 
 from tracking import live
 from tracking.customer import delivery_for_token, delivery_language
@@ -32,7 +38,45 @@ MAX_SOCKETS_PER_TOKEN = 20
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 
+# A count that a killed process never gave back fades after this long without a new socket.
+IP_COUNT_TTL = 3600
+# What config/wsserver.py puts in a daphne socket's scope: synchronous, bounded writes.
+WRITER_EXTENSION = "porchlight.socket"
+
 _open_per_token: Counter[str] = Counter()
+
+
+def _ip_key(ip: str) -> str:
+    return "ws-ip:" + hashlib.sha256(ip.encode()).hexdigest()[:32]
+
+
+def _ip_claim(ip: str) -> bool:
+    """Count one more socket for this client IP; False (and nothing counted) if it is at the cap."""
+    limit = settings.PORCHLIGHT_WS_MAX_PER_IP
+    if not ip or limit <= 0:
+        return True
+    key = _ip_key(ip)
+    try:
+        cache.add(key, 0, IP_COUNT_TTL)
+        count = cache.incr(key)
+        cache.touch(key, IP_COUNT_TTL)
+        if count > limit:
+            cache.decr(key)
+            return False
+    except Exception:  # a cache outage must not take the live page down: fail open
+        logger.warning("could not count a socket for its IP", exc_info=True)
+    return True
+
+
+def _ip_release(ip: str) -> None:
+    key = _ip_key(ip)
+    try:
+        if cache.decr(key) <= 0:
+            cache.delete(key)
+    except ValueError:  # expired meanwhile
+        pass
+    except Exception:
+        logger.warning("could not release a socket's IP count", exc_info=True)
 
 
 class _DriverHub:
@@ -41,6 +85,7 @@ class _DriverHub:
     A ping arrives here once per process (one group message, one decode) and is written
     straight to the local sockets that follow that driver, with no per-socket channel queue,
     task wake-up or handler dispatch: that is most of what stock Channels spends per recipient.
+    Under daphne it is also framed once, and written to each socket without an await.
     """
 
     def __init__(self, layer: Any) -> None:
@@ -75,14 +120,30 @@ class _DriverHub:
             try:
                 message = await self.layer.receive(self.channel)
                 if message.get("type") == "driver.location":
-                    for consumer in list(self.followers.get(message.get("driver", 0), ())):
-                        await consumer.relay_location(message)
+                    await self.relay(message)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # One bad message or a layer hiccup must not stop positions for the process.
                 logger.exception("driver hub: message not relayed")
                 await asyncio.sleep(0.1)
+
+    async def relay(self, message: dict[str, Any]) -> None:
+        prepared = None
+        others = []
+        for consumer in list(self.followers.get(message.get("driver", 0), ())):
+            if not consumer.takes_position(message):
+                continue
+            writer = consumer.writer
+            if writer is None:
+                others.append(consumer)
+                continue
+            if prepared is None:
+                prepared = writer.prepare(message["text"])
+            if not writer.write_prepared(prepared):
+                consumer.closed = True  # closed or over capacity; disconnect() cleans up
+        for consumer in others:  # not under daphne (tests): one ASGI send each
+            await consumer.send_position(message)
 
 
 _hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _DriverHub] = weakref.WeakKeyDictionary()
@@ -97,11 +158,15 @@ def _hub(layer: Any) -> _DriverHub:
 
 
 @database_sync_to_async
-def _load(token: str, requested_language: str | None) -> tuple[int, str, dict[str, Any]] | None:
+def _load(token: str, requested_language: str | None, ip: str) -> tuple[int, str, dict[str, Any]] | None:
+    """The delivery's state for a new socket, or None to refuse it (unknown token, IP at its cap)."""
     delivery = delivery_for_token(token=token)
-    if delivery is None:
+    if delivery is None or not _ip_claim(ip):
         return None
     return delivery.pk, delivery_language(delivery, requested_language), live.delivery_state(delivery)
+
+
+_release_ip = sync_to_async(_ip_release, thread_sensitive=False)
 
 
 class TrackingConsumer(AsyncWebsocketConsumer):
@@ -113,18 +178,25 @@ class TrackingConsumer(AsyncWebsocketConsumer):
     closed = False
     live_position = False
     position_ts = 0.0
+    client_ip = ""
+    writer: Any = None
     frames: list[float]
 
     async def connect(self) -> None:
         self.frames = []
         self.token = str(self.scope["url_route"]["kwargs"].get("token", ""))
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        loaded = await _load(self.token, (query.get("lang") or [None])[0])
-        if loaded is None or _open_per_token[self.token] >= MAX_SOCKETS_PER_TOKEN:
+        client = self.scope.get("client") or ("", 0)
+        loaded = None
+        if _open_per_token[self.token] < MAX_SOCKETS_PER_TOKEN:
+            loaded = await _load(self.token, (query.get("lang") or [None])[0], str(client[0] or ""))
+        if loaded is None:
             await self.close()  # before accept: the handshake is answered 403
             return
         _open_per_token[self.token] += 1
         self.counted = True
+        self.client_ip = str(client[0] or "")
+        self.writer = (self.scope.get("extensions") or {}).get(WRITER_EXTENSION)
         delivery_id, self.language, state = loaded
         self.delivery_group = live.delivery_group(delivery_id)
         await self.channel_layer.group_add(self.delivery_group, self.channel_name)
@@ -138,6 +210,8 @@ class TrackingConsumer(AsyncWebsocketConsumer):
             _open_per_token[self.token] -= 1
             if _open_per_token[self.token] <= 0:
                 del _open_per_token[self.token]
+            if self.client_ip and settings.PORCHLIGHT_WS_MAX_PER_IP > 0:
+                await _release_ip(self.client_ip)
         if self.delivery_group:
             await self.channel_layer.group_discard(self.delivery_group, self.channel_name)
         await self._follow_driver(None)
@@ -166,12 +240,16 @@ class TrackingConsumer(AsyncWebsocketConsumer):
             self.position_ts = position_ts
             await self.send(text_data=event["location"])
 
-    async def relay_location(self, event: dict[str, Any]) -> None:
-        """A driver ping from the process's hub, written straight to this socket."""
+    def takes_position(self, event: dict[str, Any]) -> bool:
+        """Whether a driver ping from the hub goes to this socket (and, if so, it is now its newest)."""
         # A ping can race the message that ended the privacy window; check it again here.
         if not self.live_position or event["ts"] < self.position_ts or self.closed:
-            return
+            return False
         self.position_ts = event["ts"]
+        return True
+
+    async def send_position(self, event: dict[str, Any]) -> None:
+        """A ping the hub let through, as a plain ASGI send (when not under daphne)."""
         try:
             await self.base_send({"type": "websocket.send", "text": event["text"]})
         except Exception:  # the socket went away under us; disconnect() cleans up

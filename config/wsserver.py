@@ -1,0 +1,124 @@
+"""Daphne's websocket server, with the limits an ASGI application cannot set for itself.
+
+Installed by config/asgi.py, so every `daphne config.asgi:application` has them. Daphne leaves
+three things open that a read-only socket facing the internet needs closed:
+
+1. Inbound size. Daphne sets neither of autobahn's `maxFramePayloadSize` and
+   `maxMessagePayloadSize` (0: unlimited), so a 1 MiB frame is buffered whole before the
+   application sees it. Here both are `PORCHLIGHT_WS_MAX_MESSAGE_BYTES` (64 KiB): a larger frame
+   fails the connection with 1009 as soon as its header arrives, before its payload is read.
+2. Outbound buffering. Daphne writes every message into Twisted's transport, whose buffer has
+   no bound: a viewer that stops reading its socket (a frozen tab, a dead phone behind a NAT)
+   makes the server hold everything sent to it, until the ping timeout (20 + 30 s) at best.
+   Here a write that would leave more than `PORCHLIGHT_WS_SEND_BUFFER_BYTES` unsent (beyond
+   what the kernel's socket buffer already holds) aborts the connection instead: the socket is
+   "over capacity", logged (`websocket over capacity`) and counted (`over_capacity`). The page
+   reconnects and re-reads its snapshot, as after any drop.
+3. Fan-out cost. A message for many sockets is framed once (autobahn's `prepareMessage`) and
+   written to each socket synchronously, instead of one framing and one awaited send per
+   socket: `scope["extensions"]["porchlight.socket"]` is a `SocketWriter` for that.
+
+Under another server (Channels' test communicator, uvicorn) none of this is installed and the
+consumer falls back to plain ASGI sends.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+EXTENSION = "porchlight.socket"
+# Sockets closed for being over capacity since this process started (read by tests and benches).
+over_capacity = 0
+_installed = False
+
+
+def unsent_bytes(transport: Any) -> int:
+    """Bytes a Twisted TCP transport holds that the kernel has not taken yet (0 if unknown)."""
+    try:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen  # type: ignore[no-any-return]
+    except AttributeError:  # not a plain TCP transport (TLS wraps it): no bound from here
+        return 0
+
+
+class SocketWriter:
+    """Synchronous writes to one daphne websocket, checked against the send-buffer bound."""
+
+    __slots__ = ("limit", "protocol")
+
+    def __init__(self, protocol: Any, limit: int) -> None:
+        self.protocol = protocol
+        self.limit = limit
+
+    @property
+    def open(self) -> bool:
+        return bool(self.protocol.state == self.protocol.STATE_OPEN)
+
+    def prepare(self, text: str) -> Any:
+        """One frame for many sockets (no per-message compression here: daphne offers none)."""
+        return self.protocol.factory.prepareMessage(text.encode())
+
+    def write_prepared(self, prepared: Any) -> bool:
+        """Write a prepared message; False if the socket is closed or was over capacity."""
+        if not self.open or not _within_bound(self.protocol, len(prepared.payloadHybi), self.limit):
+            return False
+        self.protocol.sendPreparedMessage(prepared)
+        return True
+
+
+def _within_bound(protocol: Any, size: int, limit: int) -> bool:
+    if getattr(protocol, "over_capacity", False):
+        return False  # aborted, its disconnect not yet delivered
+    unsent = unsent_bytes(protocol.transport)
+    if limit <= 0 or unsent + size <= limit:
+        return True
+    global over_capacity
+    over_capacity += 1
+    protocol.over_capacity = True
+    logger.warning(
+        "websocket over capacity: %d bytes unsent, closed (%d so far in this process)", unsent, over_capacity
+    )
+    # No close frame: it would queue behind everything unsent. The application still gets its
+    # websocket.disconnect (daphne's onClose), so the consumer cleans up as after any drop.
+    protocol.transport.abortConnection()
+    return False
+
+
+def install(*, max_message_bytes: int, send_buffer_bytes: int) -> None:
+    """Patch daphne's websocket protocol and server (once per process)."""
+    global _installed
+    if _installed:
+        return
+    try:
+        from daphne.server import Server
+        from daphne.ws_protocol import WebSocketProtocol
+    except ImportError:  # daphne is not what serves us
+        return
+    _installed = True
+
+    on_connect = WebSocketProtocol.onConnect
+
+    def limited_on_connect(self: Any, request: Any) -> Any:
+        # Copied from the factory when the connection was made; set before any frame is read.
+        self.maxFramePayloadSize = self.maxMessagePayloadSize = max_message_bytes
+        return on_connect(self, request)
+
+    server_send = WebSocketProtocol.serverSend
+
+    def bounded_server_send(self: Any, content: Any, binary: bool = False) -> None:
+        if self.state == self.STATE_OPEN and not _within_bound(self, len(content), send_buffer_bytes):
+            return
+        server_send(self, content, binary)
+
+    create_application = Server.create_application
+
+    def create_with_writer(self: Any, protocol: Any, scope: dict[str, Any]) -> Any:
+        if scope.get("type") == "websocket":
+            scope.setdefault("extensions", {})[EXTENSION] = SocketWriter(protocol, send_buffer_bytes)
+        return create_application(self, protocol, scope)
+
+    WebSocketProtocol.onConnect = limited_on_connect  # type: ignore[method-assign]
+    WebSocketProtocol.serverSend = bounded_server_send  # type: ignore[method-assign]
+    Server.create_application = create_with_writer  # type: ignore[method-assign]
