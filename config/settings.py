@@ -261,3 +261,13 @@ PORCHLIGHT_WS_MAX_PER_IP = env.int("PORCHLIGHT_WS_MAX_PER_IP", default=200)
 PORCHLIGHT_WS_MAX_MESSAGE_BYTES = env.int("PORCHLIGHT_WS_MAX_MESSAGE_BYTES", default=64 * 1024)
 # A socket with more than this unsent (past the kernel's buffer) is closed as over capacity.
 PORCHLIGHT_WS_SEND_BUFFER_BYTES = env.int("PORCHLIGHT_WS_SEND_BUFFER_BYTES", default=256 * 1024)
+}
+
+# --- integrations: Onfleet and Spoke webhooks (issue #8; docs/integrations.md) ------------
+# Comma-separated, for rotation. Onfleet's are hex (as Onfleet shows them); Spoke's are the team's secret.
+ONFLEET_WEBHOOK_SECRETS = env.list("ONFLEET_WEBHOOK_SECRETS", default=[])
+SPOKE_WEBHOOK_SECRETS = env.list("SPOKE_WEBHOOK_SECRETS", default=[])
+# A delivery's time zone when the recipient's phone number does not name one.
+INTEGRATIONS_TIMEZONE = env.str("INTEGRATIONS_TIMEZONE", default="UTC")
+# Onfleet sends photo upload ids, not URLs: e.g. "https://photos.example.com/{id}.png" ("" = no proof photo).
+ONFLEET_PHOTO_URL_TEMPLATE = env.str("ONFLEET_PHOTO_URL_TEMPLATE", default="")
