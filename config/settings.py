@@ -261,7 +261,6 @@ PORCHLIGHT_WS_MAX_PER_IP = env.int("PORCHLIGHT_WS_MAX_PER_IP", default=200)
 PORCHLIGHT_WS_MAX_MESSAGE_BYTES = env.int("PORCHLIGHT_WS_MAX_MESSAGE_BYTES", default=64 * 1024)
 # A socket with more than this unsent (past the kernel's buffer) is closed as over capacity.
 PORCHLIGHT_WS_SEND_BUFFER_BYTES = env.int("PORCHLIGHT_WS_SEND_BUFFER_BYTES", default=256 * 1024)
-}
 
 # --- integrations: Onfleet and Spoke webhooks (issue #8; docs/integrations.md) ------------
 # Comma-separated, for rotation. Onfleet's are hex (as Onfleet shows them); Spoke's are the team's secret.
