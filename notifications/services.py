@@ -35,6 +35,7 @@ from notifications.models import (
     Status,
 )
 from notifications.transports import Transport, TransportError, transport_for
+from tracking import sql
 
 if TYPE_CHECKING:
     from tracking.models import Delivery
@@ -100,14 +101,18 @@ def notifications_queue(*, firings: Iterable[tuple[Delivery, rules.Firing]]) -> 
             rows[key] = _new_row(delivery, firing.kind, route, key, firing.context, now=now)
     if not rows:
         return []
-    existing = set(Notification.objects.filter(dedupe_key__in=rows).values_list("dedupe_key", flat=True))
-    fresh = [row for key, row in rows.items() if key not in existing]
-    Notification.objects.bulk_create(fresh, ignore_conflicts=True)
-    due = list(
-        Notification.objects.filter(
-            dedupe_key__in=[row.dedupe_key for row in fresh], status=Status.QUEUED, next_attempt_at__lte=now
-        ).values_list("pk", flat=True)
+    # One statement: rows whose key is already written are skipped by the unique index (a
+    # concurrent writer of the same key is waited for), and the ids of those that went in
+    # come back, so that only they are handed to a sender.
+    fields = [field for field in Notification._meta.concrete_fields if not field.primary_key]
+    inserted = sql.insert_rows(
+        Notification,
+        [field.name for field in fields],
+        [[field.pre_save(row, True) for field in fields] for row in rows.values()],
+        conflict="dedupe_key",
+        returning=("id", "dedupe_key"),
     )
+    due = sorted(pk for pk, key in inserted if rows[key].next_attempt_at <= now)
     _send_after_commit(due)
     return due
 

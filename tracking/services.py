@@ -308,10 +308,12 @@ def _merge_pending(
 
 
 def _lock_deliveries(references: set[str]) -> dict[str, Delivery]:
-    found = {
-        d.reference: d
-        for d in Delivery.objects.select_for_update().filter(reference__in=references).order_by("pk")
-    }
+    # The driver and the notification preference come along (the post-commit push and the
+    # notification rules read them): one statement instead of three. Only deliveries are locked.
+    locked = Delivery.objects.select_related("driver", "notification_preference").select_for_update(
+        of=("self",)
+    )
+    found = {d.reference: d for d in locked.filter(reference__in=references).order_by("pk")}
     missing = sorted(references - found.keys())
     if missing and connection.vendor == "postgresql":
         # An event for an unknown reference waits for a concurrent upsert of that reference
@@ -319,9 +321,7 @@ def _lock_deliveries(references: set[str]) -> dict[str, Delivery]:
         with connection.cursor() as cursor:
             for reference in missing:
                 cursor.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", [reference])
-        found.update(
-            {d.reference: d for d in Delivery.objects.select_for_update().filter(reference__in=missing)}
-        )
+        found.update({d.reference: d for d in locked.filter(reference__in=missing)})
     return found
 
 
@@ -362,11 +362,20 @@ def _apply_status(batch: _Batch, delivery: Delivery, event: Event) -> bool:
     delivery.status_reason = event.values["reason"]
     delivery.status_at = event.occurred_at
     driver_values = event.values["driver"]
-    if driver_values:
+    if driver_values and not _is_current_driver(delivery.driver, driver_values):
         delivery.driver = driver_update(**driver_values)
     delivery.save(update_fields=["status", "status_reason", "status_at", "driver", "updated_at"])
     batch.changes.append(Change(delivery=delivery, kind="status", event=event, previous=previous))
     return True
+
+
+def _is_current_driver(driver: Driver | None, values: dict[str, str]) -> bool:
+    """The event names the delivery's driver as we already hold them: nothing to look up."""
+    return (
+        driver is not None
+        and driver.external_id == values["external_id"]
+        and all(not values.get(key) or getattr(driver, key) == values[key] for key in ("name", "vehicle"))
+    )
 
 
 def driver_update(*, external_id: str, name: str = "", vehicle: str = "") -> Driver:

@@ -57,7 +57,7 @@ def _execute_bound(sql: str, params: list[Any], *, fetch: bool) -> list[Any]:
     cursor = wrap(raw)  # type: ignore[arg-type]
     with cursor:
         cursor.execute(sql, params)
-        return [row[0] for row in cursor.fetchall()] if fetch else []
+        return list(cursor.fetchall()) if fetch else []
 
 
 def insert_rows(
@@ -66,11 +66,11 @@ def insert_rows(
     rows: Sequence[Sequence[Any]],
     *,
     conflict: str | None = None,
-    returning: str | None = None,
+    returning: str | tuple[str, ...] | None = None,
 ) -> list[Any]:
     """INSERT rows; with `conflict`, skip those whose key already exists. Returns the
-    `returning` column of the rows that went in. Concurrent inserts of one key wait on the
-    unique index, so exactly one transaction gets each key."""
+    `returning` column of the rows that went in (a tuple of columns gives tuples). Concurrent
+    inserts of one key wait on the unique index, so exactly one transaction gets each key."""
     if not rows:
         return []
     fields = _fields(model, names)
@@ -85,13 +85,18 @@ def insert_rows(
         params = [value for row in _prep(fields, rows) for value in row]
     if conflict:
         sql += f" ON CONFLICT ({_quote(_fields(model, [conflict])[0].column)}) DO NOTHING"
-    if returning:
-        sql += f" RETURNING {_quote(_fields(model, [returning])[0].column)}"
+    wanted = (returning,) if isinstance(returning, str) else (returning or ())
+    if wanted:
+        sql += " RETURNING " + ", ".join(_quote(field.column) for field in _fields(model, wanted))
     if connection.vendor == "postgresql":
-        return _execute_bound(sql, params, fetch=bool(returning))
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return [row[0] for row in cursor.fetchall()] if returning else []
+        found = _execute_bound(sql, params, fetch=bool(wanted))
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            found = cursor.fetchall() if wanted else []
+    if isinstance(returning, str):
+        return [row[0] for row in found]
+    return [tuple(row) for row in found]
 
 
 def update_rows(
