@@ -14,7 +14,11 @@ three things open that a read-only socket facing the internet needs closed:
    what the kernel's socket buffer already holds) aborts the connection instead: the socket is
    "over capacity", logged (`websocket over capacity`) and counted (`over_capacity`). The page
    reconnects and re-reads its snapshot, as after any drop.
-3. Fan-out cost. A message for many sockets is framed once (autobahn's `prepareMessage`) and
+3. Close codes. Autobahn lets an application close only with 1000 or 3000-4999, so the
+   consumer's 1008 (policy) and 1009 (too big) raised inside daphne and the client saw 1011
+   with an error logged per abusive client. The codes RFC 6455 defines for an endpoint are
+   sent as they are.
+4. Fan-out cost. A message for many sockets is framed once (autobahn's `prepareMessage`) and
    written to each socket synchronously, instead of one framing and one awaited send per
    socket: `scope["extensions"]["porchlight.socket"]` is a `SocketWriter` for that.
 
@@ -32,6 +36,8 @@ logger = logging.getLogger(__name__)
 EXTENSION = "porchlight.socket"
 # Sockets closed for being over capacity since this process started (read by tests and benches).
 over_capacity = 0
+# RFC 6455 section 7.4.1 codes an endpoint may send (autobahn only lets applications send 1000).
+RFC_CLOSE_CODES = frozenset({1001, 1003, 1007, 1008, 1009, 1010, 1011})
 _installed = False
 
 
@@ -103,6 +109,8 @@ def install(*, max_message_bytes: int, send_buffer_bytes: int) -> None:
     def limited_on_connect(self: Any, request: Any) -> Any:
         # Copied from the factory when the connection was made; set before any frame is read.
         self.maxFramePayloadSize = self.maxMessagePayloadSize = max_message_bytes
+        # Say why (a close frame with 1009) rather than autobahn's default silent TCP drop.
+        self.failByDrop = False
         return on_connect(self, request)
 
     server_send = WebSocketProtocol.serverSend
@@ -112,6 +120,13 @@ def install(*, max_message_bytes: int, send_buffer_bytes: int) -> None:
             return
         server_send(self, content, binary)
 
+    def rfc_server_close(self: Any, code: int | None = None) -> None:
+        if code in RFC_CLOSE_CODES:
+            self.sendCloseFrame(code=code, isReply=False)  # sendClose without its code policy
+        else:
+            server_close(self, code)
+
+    server_close = WebSocketProtocol.serverClose
     create_application = Server.create_application
 
     def create_with_writer(self: Any, protocol: Any, scope: dict[str, Any]) -> Any:
@@ -121,4 +136,5 @@ def install(*, max_message_bytes: int, send_buffer_bytes: int) -> None:
 
     WebSocketProtocol.onConnect = limited_on_connect  # type: ignore[method-assign]
     WebSocketProtocol.serverSend = bounded_server_send  # type: ignore[method-assign]
+    WebSocketProtocol.serverClose = rfc_server_close  # type: ignore[method-assign]
     Server.create_application = create_with_writer  # type: ignore[method-assign]

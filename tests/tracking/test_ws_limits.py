@@ -1,0 +1,181 @@
+"""S1 against a live daphne: what a hostile socket client can do, and what it costs the server.
+
+The consumer's own checks are tested with Channels' communicator in test_consumer.py; here the
+limits that only the server can hold (config/wsserver.py) and the cross-process per-IP cap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import time
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from tests.scale.support import Server, daphne_server, raise_open_files, seed_live
+from tests.services import wait_for
+from tests.tracking.test_consumer import SESSION_PREFIX, layer, messages, open_socket  # noqa: F401
+from tracking import live
+from tracking.models import Delivery
+
+pytestmark = pytest.mark.django_db(transaction=True)
+production = [pytest.mark.postgres, pytest.mark.redis]
+
+
+def test_a_valid_token_joins_only_its_own_deliverys_group(post_events: Any) -> None:
+    from tests.tracking.test_page import upsert_event
+
+    response = post_events({"events": [upsert_event("ORD-WSL-G1"), upsert_event("ORD-WSL-G2")]})
+    assert response.status_code == 200
+    mine, other = Delivery.objects.get(reference="ORD-WSL-G1"), Delivery.objects.get(reference="ORD-WSL-G2")
+    channel_layer = get_channel_layer()
+    joined: list[tuple[str, str]] = []
+    original = channel_layer.group_add
+
+    async def recording(group: str, channel: str) -> None:
+        joined.append((group, channel))
+        await original(group, channel)
+
+    async def scenario() -> None:
+        channel_layer.group_add = recording
+        try:
+            communicator, connected = await open_socket(mine.tracking_token)
+            assert connected
+            await messages(communicator, quiet=0.1)
+            await communicator.disconnect()
+        finally:
+            del channel_layer.group_add
+
+    async_to_sync(scenario)()
+    assert [group for group, _ in joined] == [live.delivery_group(mine.pk)]
+    assert live.delivery_group(other.pk) not in {group for group, _ in joined}
+
+
+def _frame_header(length: int) -> bytes:
+    """A masked client text frame's header announcing `length` bytes of payload."""
+    return bytes([0x81, 0x80 | 127]) + struct.pack("!Q", length) + os.urandom(4)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_a_frame_announcing_more_than_64_kib_is_refused_before_its_payload_arrives() -> None:
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    with daphne_server(CHANNEL_LAYER_PREFIX=SESSION_PREFIX) as server:
+        (token,) = seed_live(server.url, "ORD-WSL-BIG", 1, driver="drv_wsl_big")
+        with connect(f"{server.ws}/ws/t/{token}/", origin=server.url) as socket:  # type: ignore[arg-type]
+            socket.recv(timeout=5)
+            started = time.monotonic()
+            # The header of a 1 MiB frame and 16 bytes of it: the server must not wait for the rest.
+            socket.socket.sendall(_frame_header(1024 * 1024) + b"x" * 16)
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    socket.recv(timeout=2)
+            assert time.monotonic() - started < 1
+            assert socket.close_code == 1009
+        with connect(f"{server.ws}/ws/t/{token}/", origin=server.url) as again:  # type: ignore[arg-type]
+            assert again.recv(timeout=5)  # the server lives on
+
+
+async def _abuse(server: Server, tokens: list[str], kind: str, number: int) -> tuple[str, Any]:
+    """One abusive client; returns what the server did: ("refused", status) or ("closed", code, seconds)."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+    token = tokens[(number // 5) % len(tokens)]  # each kind spread over every token
+    origin: Any = {"evil": "https://evil.example", "no-origin": None}.get(kind, server.url)
+    if kind == "wrong-token":
+        token = "A" * 43
+    try:
+        socket = await connect(f"{server.ws}/ws/t/{token}/", origin=origin, open_timeout=20, max_size=None)
+    except InvalidStatus as refused:
+        return "refused", refused.response.status_code
+    async with socket:
+        await socket.recv()
+        started = time.monotonic()
+        try:
+            if kind == "oversize":
+                await socket.send("x" * (1024 * 1024))
+            else:  # too fast: 10 frames a second
+                for _ in range(10):
+                    await socket.send("hi")
+                    await asyncio.sleep(0.1)
+            await asyncio.wait_for(socket.wait_closed(), 2)
+        except ConnectionClosed:
+            pass
+        except TimeoutError:
+            return "open", None
+        await socket.wait_closed()
+        return "closed", (socket.close_code, time.monotonic() - started)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.slow
+def test_a_thousand_abusive_clients_are_refused_or_closed_and_cost_the_server_under_50_mb() -> None:
+    raise_open_files()
+    kinds = ["evil", "no-origin", "wrong-token", "oversize", "too-fast"]
+    with daphne_server(CHANNEL_LAYER_PREFIX=SESSION_PREFIX, PORCHLIGHT_WS_MAX_PER_IP="0") as server:
+        tokens = seed_live(server.url, "ORD-WSL-A", 50, driver="drv_wsl_a")
+
+        async def fleet(count: int) -> list[tuple[str, str, Any]]:
+            gate = asyncio.Semaphore(50)
+
+            async def one(number: int) -> tuple[str, str, Any]:
+                kind = kinds[number % len(kinds)]
+                async with gate:
+                    return (kind, *await _abuse(server, tokens, kind, number))
+
+            return await asyncio.gather(*(one(n) for n in range(count)))
+
+        async_to_sync(fleet)(50)  # warm up: imports, pools, first allocations
+        before = server.rss_mb()
+        outcomes = async_to_sync(fleet)(1000)
+        after = server.rss_mb()
+
+    by_kind: dict[str, list[Any]] = {}
+    for kind, verdict, detail in outcomes:
+        by_kind.setdefault(kind, []).append((verdict, detail))
+    for kind in ("evil", "no-origin", "wrong-token"):
+        assert by_kind[kind] == [("refused", 403)] * 200, kind
+    for kind, code in (("oversize", 1009), ("too-fast", 1008)):
+        assert {verdict for verdict, _ in by_kind[kind]} == {"closed"}, kind
+        assert {detail[0] for _, detail in by_kind[kind]} == {code}, kind
+        assert max(detail[1] for _, detail in by_kind[kind]) < 1.0, kind
+    print(f"daphne RSS across 1,000 abusive clients: {before:.1f} -> {after:.1f} MB")
+    assert after - before < 50, f"RSS grew from {before:.1f} to {after:.1f} MB"
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_the_per_ip_cap_on_open_sockets_holds_across_two_daphne_processes() -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    env = {"CHANNEL_LAYER_PREFIX": SESSION_PREFIX, "PORCHLIGHT_WS_MAX_PER_IP": "4"}
+    with daphne_server(**env) as one, daphne_server(**env) as two, ExitStack() as sockets:
+        tokens = seed_live(one.url, "ORD-WSL-IP", 5, driver="drv_wsl_ip")
+        opened = []
+        for n, server in enumerate([one, two, one, two]):
+            socket = sockets.enter_context(connect(f"{server.ws}/ws/t/{tokens[n]}/", origin=server.url))  # type: ignore[arg-type]
+            socket.recv(timeout=5)
+            opened.append(socket)
+        for server in (one, two):
+            with pytest.raises(InvalidStatus) as refused:
+                connect(f"{server.ws}/ws/t/{tokens[4]}/", origin=server.url)  # type: ignore[arg-type]
+            assert refused.value.response.status_code == 403
+        opened.pop().close()
+
+        def reopen() -> Any:
+            try:
+                return sockets.enter_context(connect(f"{two.ws}/ws/t/{tokens[4]}/", origin=two.url))  # type: ignore[arg-type]
+            except InvalidStatus:
+                return None  # the close may not have been counted yet
+
+        assert wait_for(reopen, timeout=5, interval=0.1, what="a place freed by a close")
