@@ -64,6 +64,9 @@ class Notification(models.Model):
     next_attempt_at = models.DateTimeField()
     # A sender holds the row until this time; past it, the sweeper may hand it out again.
     lease_until = models.DateTimeField(null=True, blank=True)
+    # The Celery task that holds the lease: a redelivery of that same task (its process died
+    # mid-send) may take the row back at once instead of waiting for the lease to run out.
+    lease_owner = models.CharField(max_length=64, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     status_at = models.DateTimeField(null=True, blank=True)

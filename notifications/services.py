@@ -189,12 +189,34 @@ def notification_deliver(*, notification_id: int) -> float | None:
     return notifications_deliver(notification_ids=[notification_id]).get(notification_id)
 
 
-def notifications_deliver(*, notification_ids: Sequence[int]) -> dict[int, float]:
+def notifications_deliver(*, notification_ids: Sequence[int], owner: str = "") -> dict[int, float]:
     """Try to send each message that is due; returns {id: seconds until its next try} for
-    those that failed and will be tried again."""
-    rows = _claim(notification_ids)
+    those that failed and will be tried again.
+
+    `owner` names the try (the Celery task id). A redelivered task finds rows it already holds:
+    its process died mid-chunk, so it takes them back at once, one message at a time, so that
+    a message that kills its sender is charged its own attempts and not its neighbours'.
+    """
+    if owner and _held_by(notification_ids, owner):
+        batches = [[pk] for pk in sorted(notification_ids)]
+    else:
+        batches = [list(notification_ids)]
     retries: dict[int, float] = {}
     transports: dict[str, Transport] = {}
+    for batch in batches:
+        _send_claimed(_claim(batch, owner=owner), transports, retries)
+    return retries
+
+
+def _held_by(notification_ids: Sequence[int], owner: str) -> bool:
+    return Notification.objects.filter(
+        pk__in=list(notification_ids), status=Status.SENDING, lease_owner=owner
+    ).exists()
+
+
+def _send_claimed(
+    rows: list[Notification], transports: dict[str, Transport], retries: dict[int, float]
+) -> None:
     for row in rows:
         try:
             transport = transports.get(row.channel) or transports.setdefault(
@@ -207,7 +229,6 @@ def notifications_deliver(*, notification_ids: Sequence[int]) -> dict[int, float
                 retries[row.pk] = delay
             continue
         _record_sent(row.pk, provider_id)
-    return retries
 
 
 def _record_sent(notification_id: int, provider_id: str) -> None:
@@ -237,9 +258,10 @@ _RECORD_SENT_SQL = """
 """
 
 
-def _claim(notification_ids: Sequence[int]) -> list[Notification]:
+def _claim(notification_ids: Sequence[int], *, owner: str = "") -> list[Notification]:
     """Take the rows that are due and still wanted for one try, under a lease; commit before
-    the network calls. Rows another worker holds are skipped, not waited for."""
+    the network calls. Rows another worker holds are skipped, not waited for. The attempt is
+    counted here, before the provider call, so that a send that kills its process still counts."""
     now = timezone.now()
     opted_out = Consent.objects.filter(
         channel=OuterRef("channel"), address=OuterRef("recipient"), opted_out=True
@@ -257,23 +279,31 @@ def _claim(notification_ids: Sequence[int]) -> list[Notification]:
             )
             .order_by("pk")
         )
-        claimed: list[Notification] = [row for row in candidates if _take(row, now)]
+        claimed: list[Notification] = [row for row in candidates if _take(row, now, owner=owner)]
         lease = now + timedelta(seconds=settings.NOTIFY_LEASE_SECONDS)
         if claimed:
             Notification.objects.filter(pk__in=[row.pk for row in claimed]).update(
-                status=Status.SENDING, attempts=F("attempts") + 1, lease_until=lease
+                status=Status.SENDING, attempts=F("attempts") + 1, lease_until=lease, lease_owner=owner
             )
         for row in claimed:
             row.status, row.attempts, row.lease_until = Status.SENDING, row.attempts + 1, lease
+            row.lease_owner = owner
     return claimed
 
 
-def _take(row: Any, now: datetime) -> bool:
+def _take(row: Any, now: datetime, *, owner: str = "") -> bool:
     """Whether this try of a locked, due row should go to the provider; if not, why, on the row."""
-    if row.status == Status.SENDING and row.lease_until and row.lease_until > now:
+    held = row.status == Status.SENDING and row.lease_until and row.lease_until > now
+    if held and not (owner and row.lease_owner == owner):
         return False  # another worker is sending it right now
     if row.attempts >= settings.NOTIFY_MAX_ATTEMPTS:
-        # Tries that never came back (a worker killed mid-send each time) end here.
+        # Tries that never came back (a worker killed mid-send each time: a poison message)
+        # end here, and staff are told: the ERROR line, and the admin's "dead" list.
+        logger.error(
+            "notification %s is dead: no result after %s attempts (its sender died each time)",
+            row.pk,
+            row.attempts,
+        )
         _finish(row, Status.DEAD, error="no result after the last attempt", now=now)
         return False
     # Consent and the customer's choices, checked again at send time.

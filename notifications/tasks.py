@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
 from django.conf import settings
 
@@ -12,10 +14,12 @@ from notifications.services import SEND_CHUNK, notification_due_ids, notificatio
 SHORT_WAIT = 60.0
 
 
-@shared_task
-def notification_send(notification_ids: list[int] | int) -> None:
+@shared_task(bind=True)
+def notification_send(self: Any, notification_ids: list[int] | int) -> None:
     ids = [notification_ids] if isinstance(notification_ids, int) else notification_ids
-    retries = notifications_deliver(notification_ids=ids)
+    # The task id owns the lease: if this process dies mid-send, Celery redelivers the same id
+    # (acks_late, reject_on_worker_lost) and the redelivery takes the messages back at once.
+    retries = notifications_deliver(notification_ids=ids, owner=self.request.id or "")
     if settings.CELERY_TASK_ALWAYS_EAGER:
         return  # no worker to wait in: the sweeper's next pass tries again
     for notification_id, delay in retries.items():

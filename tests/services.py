@@ -92,15 +92,18 @@ def daphne(**extra_env: str) -> Iterator[str]:
 
 
 @contextmanager
-def celery_worker(*, concurrency: int = 2, **extra_env: str) -> Iterator[subprocess.Popen[bytes]]:
-    """A real Celery worker on the test Redis and the test database."""
+def celery_worker(
+    *, concurrency: int = 2, app: str = "config", **extra_env: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery worker on the test Redis and the test database (`app`: another Celery app
+    module, e.g. one with Celery's default settings for a control run)."""
     (ROOT / "var").mkdir(exist_ok=True)
     env = service_env(**extra_env)
     name = f"celery-{free_port()}"
     ready_file = ROOT / "var" / f"{name}.ready"
     ready_file.unlink(missing_ok=True)
     command = [
-        sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO",
+        sys.executable, "-m", "celery", "-A", app, "worker", "--loglevel=INFO",
         f"--concurrency={concurrency}", "--without-gossip", "--without-mingle", "-n", f"{name}@%h",
     ]  # fmt: skip
     log_path = ROOT / "var" / f"{name}.log"

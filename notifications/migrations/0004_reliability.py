@@ -1,6 +1,6 @@
-# Placeholder kept in the migration graph so that work in parallel does not fork it;
-# #4/#7 (chaos and reliability work).
-from django.db import migrations
+# #4/#7 (chaos and reliability work): the lease owner, so that a redelivered task whose
+# process died mid-send takes its messages back at once.
+from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
@@ -8,4 +8,10 @@ class Migration(migrations.Migration):
         ("notifications", "0003_privacy"),
     ]
 
-    operations: list[migrations.operations.base.Operation] = []
+    operations = [
+        migrations.AddField(
+            model_name="notification",
+            name="lease_owner",
+            field=models.CharField(blank=True, default="", max_length=64),
+        ),
+    ]
