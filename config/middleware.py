@@ -1,18 +1,208 @@
-"""When the database cannot be reached, answer 503 with Retry-After instead of a 500."""
+"""Request plumbing: the client's address, request ids, the headers and the CSRF rule of the
+customer's token URLs, and a 503 instead of a 500 when the database is down."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
+import uuid
 from collections.abc import Callable
+from typing import Any
 
+import csp.middleware
+import structlog
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
+from django.middleware import csrf
+from django_structlog.middlewares import RequestMiddleware
 
 logger = logging.getLogger(__name__)
 
+GetResponse = Callable[[HttpRequest], HttpResponse]
 
+
+# --- the client's address ------------------------------------------------------------------
+def _valid_ip(value: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value.strip()))
+    except ValueError:
+        return None
+
+
+def client_ip(request: HttpRequest) -> str:
+    """The client's IP address, for the token throttle, django-axes and the logs.
+
+    With PORCHLIGHT_TRUSTED_PROXIES = 0 it is REMOTE_ADDR and X-Forwarded-For is ignored. With
+    N trusted proxies, each appends the address it saw to X-Forwarded-For, so the client is
+    the N-th entry from the right; whatever stands further left came from the client and is
+    never believed (a spoofed header cannot reset or dodge a limit). A request that arrived
+    with fewer entries (not through every proxy) counts as REMOTE_ADDR.
+    """
+    remote = request.META.get("REMOTE_ADDR", "") or ""
+    proxies = settings.PORCHLIGHT_TRUSTED_PROXIES
+    if proxies > 0:
+        forwarded = [part for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")[-64:]]
+        if len(forwarded) >= proxies and forwarded != [""]:
+            found = _valid_ip(forwarded[-proxies])
+            if found is not None:
+                return found
+    return _valid_ip(remote) or remote[:64]
+
+
+# --- request ids and structured request logs -----------------------------------------------
+REQUEST_ID_SHAPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{7,127}")
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class RequestIdMiddleware:
+    """Every request gets an id, bound to its log lines and returned as X-Request-ID.
+
+    An id from the load balancer is kept only when it looks like one (8-128 letters, digits,
+    `.`, `_`, `:` or `-`): anything else, a log-injection attempt or 10 kB of junk, is replaced.
+    """
+
+    def __init__(self, get_response: GetResponse) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        upstream = request.META.get("HTTP_X_REQUEST_ID", "")
+        request_id = upstream if REQUEST_ID_SHAPE.fullmatch(upstream) else str(uuid.uuid4())
+        # django-structlog (DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID) binds it from here.
+        request.META["HTTP_X_REQUEST_ID"] = request_id
+        response = self.get_response(request)
+        response[REQUEST_ID_HEADER] = request_id
+        return response
+
+
+TOKEN_IN_PATH = re.compile(r"^/t/[^/]+/")
+
+
+def loggable_path(request: HttpRequest) -> str:
+    """The path as logged: a customer's token is as good as a password, and a query string may
+    carry anything, so neither is written to the logs."""
+    return TOKEN_IN_PATH.sub("/t/<token>/", request.path)[:300]
+
+
+class RequestLogMiddleware(RequestMiddleware):
+    """django-structlog's request_started/request_finished, without tokens or query strings, and
+    with the same client address as the throttle."""
+
+    @staticmethod
+    def format_request(request: HttpRequest) -> str:
+        return f"{request.method} {loggable_path(request)}"
+
+    @classmethod
+    def bind_ip(cls, request: HttpRequest) -> None:
+        structlog.contextvars.bind_contextvars(ip=client_ip(request))
+
+
+# --- Content-Security-Policy ---------------------------------------------------------------
+class CSPMiddleware(csp.middleware.CSPMiddleware):
+    """django-csp, with the script nonce in every policy: django-csp adds it only once a template
+    read request.csp_nonce, and none does (no inline script anywhere), but a policy that names
+    a nonce keeps browsers from running any inline script even if 'unsafe-inline' crept in."""
+
+    def process_request(self, request: HttpRequest) -> None:
+        super().process_request(request)
+        str(request.csp_nonce)  # type: ignore[attr-defined]
+
+
+# --- the customer's token URLs (/t/<token>/...) ----------------------------------------------
+# The tracking page, its snapshot and actions, the slot page, the message settings, and the
+# 404s of them all. The token in the URL is the customer's key: it must not leak in a Referer,
+# stay in a cache, or be shown inside another site's frame.
+TOKEN_URL_HEADERS = {
+    "Referrer-Policy": "no-referrer",
+    "X-Robots-Tag": "noindex, nofollow",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
+NO_STORE = "private, no-store"
+
+
+def token_url_headers(response: HttpResponseBase) -> HttpResponseBase:
+    for name, value in TOKEN_URL_HEADERS.items():
+        response[name] = value
+    if "no-store" not in response.get("Cache-Control", ""):
+        response["Cache-Control"] = NO_STORE
+    return response
+
+
+class TokenUrlHeadersMiddleware:
+    def __init__(self, get_response: GetResponse) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
+        if request.path_info.startswith("/t/"):
+            token_url_headers(response)
+        return response
+
+
+class TokenUrlCsrfMiddleware:
+    """One narrow exception to Django's CSRF check (which stays, right after this), for the
+    customer's token URLs.
+
+    Those pages send `Referrer-Policy: no-referrer`, and with it browsers send `Origin: null`
+    (and no Referer) on a form POST (the Fetch standard's "serialize a request origin"), which
+    Django refuses as a foreign origin. So for a POST to a URL under `t/<token>/` whose
+    Origin is "null" or absent, the origin and Referer checks are skipped, but:
+
+    - the CSRF cookie and the form's token must still match (a POST without them is 403),
+      checked here by Django's own code;
+    - a browser that says where the request came from (`Sec-Fetch-Site`, which a referrer
+      policy does not hide) must say "same-origin";
+    - any real Origin (another site's) goes on to Django's check and is refused.
+
+    The origin check guards against a forged POST; here a forger would already need the
+    customer's 192-bit token from the URL, with which they could act as the customer anyway.
+    Every other URL (the admin, the webhooks) meets Django's check untouched.
+    """
+
+    def __init__(self, get_response: GetResponse) -> None:
+        self.get_response = get_response
+        self.django = csrf.CsrfViewMiddleware(get_response)
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_view(
+        self,
+        request: HttpRequest,
+        callback: Callable[..., Any],
+        callback_args: Any,
+        callback_kwargs: Any,
+    ) -> HttpResponse | None:
+        if (
+            request.method == "POST"
+            and _is_token_url(request)
+            and request.META.get("HTTP_ORIGIN", "null") == "null"
+            and request.META.get("HTTP_SEC_FETCH_SITE", "same-origin") == "same-origin"
+            and not getattr(callback, "csrf_exempt", False)
+            and not getattr(request, "_dont_enforce_csrf_checks", False)
+        ):
+            try:
+                self.django._check_token(request)
+            except csrf.RejectRequest as refusal:
+                return self.django._reject(request, refusal.reason)  # type: ignore[no-any-return]
+            # Marks the request done (csrf_processing_done): Django's check lets it through.
+            self.django._accept(request)
+        return None
+
+
+def _is_token_url(request: HttpRequest) -> bool:
+    match = request.resolver_match
+    return match is not None and match.route.startswith("t/<str:token>/")
+
+
+# --- the database ----------------------------------------------------------------------------
 class DatabaseUnavailableMiddleware:
-    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+    """When the database cannot be reached, answer 503 with Retry-After instead of a 500."""
+
+    def __init__(self, get_response: GetResponse) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:

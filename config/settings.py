@@ -8,11 +8,14 @@ PostgreSQL and Redis.
 from __future__ import annotations
 
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
+import structlog
 import xstatic.pkg.leaflet
+from csp.constants import NONCE, NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -68,6 +71,9 @@ INSTALLED_APPS = [
     "template_partials",
     "channels",
     "anymail",
+    "csp",
+    "axes",
+    "django_structlog",
     "tracking",
     "notifications",
     "scheduling",
@@ -77,15 +83,25 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Static files (Leaflet, htmx, the page scripts) from the web process itself, compressed.
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # A request id for every log line of the request, returned as X-Request-ID.
+    "config.middleware.RequestIdMiddleware",
+    "config.middleware.RequestLogMiddleware",
+    "config.middleware.CSPMiddleware",
+    # The headers of every page under a customer's link /t/<token>/ (no-referrer, no-store...).
+    "config.middleware.TokenUrlHeadersMiddleware",
     "config.middleware.DatabaseUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # One narrow exception to the CSRF check for the token URLs (see the class), then Django's.
+    "config.middleware.TokenUrlCsrfMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: turns a lockout into its 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -238,20 +254,62 @@ SECURE_HSTS_SECONDS = 31536000 if _public_https else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = _public_https
 SECURE_HSTS_PRELOAD = _public_https
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if _public_https else None
-# Not "no-referrer": with it Chromium sends `Origin: null` on plain form POSTs (CSRF 403).
+# Site-wide (the admin): "same-origin". Pages under a customer's link send "no-referrer"
+# (config.middleware.TokenUrlHeadersMiddleware), and their forms still pass CSRF (see
+# config.middleware.TokenUrlCsrfMiddleware and docs/deployment.md).
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # the intake's 1 MiB body limit
 
+# --- logs: structured (JSON) in production, readable in DEBUG, a request id on each line ------
+# structlog renders every record, ours and the libraries' (stdlib logging goes through the same
+# formatter), with the request id bound by config.middleware.RequestIdMiddleware. Nothing logs
+# raw payloads, tokens or secrets: see docs/operations.md.
+_log_chain: list[structlog.typing.Processor] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "structured": {
+            "()": structlog.stdlib.ProcessorFormatter,
+            "processors": [
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.dev.ConsoleRenderer(colors=False),
+            ]
+            if DEBUG
+            else [
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(),
+            ],
+            "foreign_pre_chain": _log_chain,
+        }
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.request": {"level": "ERROR"}},
 }
+structlog.configure(
+    processors=[
+        *_log_chain,
+        structlog.processors.StackInfoRenderer(),
+        structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+    ],
+    logger_factory=structlog.stdlib.LoggerFactory(),
+    wrapper_class=structlog.stdlib.BoundLogger,
+    cache_logger_on_first_use=True,
+)
+# django-structlog's request_started/request_finished lines; the id comes from
+# RequestIdMiddleware, which only passes on an upstream X-Request-ID that looks sane.
+DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = True
+DJANGO_STRUCTLOG_STATUS_START_LOG_LEVEL = 10  # DEBUG: one INFO line per request is enough
+DJANGO_STRUCTLOG_USER_ID_FIELD = "pk"
 
 # --- websockets: limits of the tracking socket (h5-sockets; docs/scaling.md) ---------------
 # Open tracking sockets per client IP, across all web processes when the cache is Redis (one
@@ -262,6 +320,68 @@ PORCHLIGHT_WS_MAX_MESSAGE_BYTES = env.int("PORCHLIGHT_WS_MAX_MESSAGE_BYTES", def
 # A socket with more than this unsent (past the kernel's buffer) is closed as over capacity.
 PORCHLIGHT_WS_SEND_BUFFER_BYTES = env.int("PORCHLIGHT_WS_SEND_BUFFER_BYTES", default=256 * 1024)
 
+
+# --- h3 (#7): security headers, abuse limits, privacy, retention ------------------------------
+# Content-Security-Policy by django-csp, on every response (the admin too): no inline script or
+# style anywhere, a per-request script nonce for any template that ever needs one (there is
+# none today), the map tiles' origin for images, and no framing.
+def _tile_origin(template: str) -> str:
+    parts = urlsplit(template)
+    if not parts.scheme or not parts.netloc:
+        return ""
+    return f"{parts.scheme}://{parts.netloc.replace('{s}', '*')}"
+
+
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:", *filter(None, [_tile_origin(MAP_TILE_URL)])],
+        "connect-src": [SELF],
+        "font-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    }
+}
+
+# How many proxies (load balancer, CDN) in front of the web processes append to
+# X-Forwarded-For. 0: the client is REMOTE_ADDR and X-Forwarded-For is ignored. N: the client is
+# the N-th address from the right (anything further left is the client's own claim).
+PORCHLIGHT_TRUSTED_PROXIES = env.int("PORCHLIGHT_TRUSTED_PROXIES", default=0)
+# Unknown tracking tokens: a client (by IP) is refused with 429 after this many misses in the window.
+PORCHLIGHT_TOKEN_MISS_LIMIT = env.int("PORCHLIGHT_TOKEN_MISS_LIMIT", default=30)
+PORCHLIGHT_TOKEN_MISS_WINDOW = env.int("PORCHLIGHT_TOKEN_MISS_WINDOW", default=600)
+
+# django-axes: admin logins lock out per client IP (the same client_ip as the throttle) after
+# AXES_FAILURE_LIMIT failures, for AXES_COOLOFF_TIME. The database handler: every daphne process
+# sees the same count, and a restart forgets nothing. Unlock: manage.py axes_reset[_ip].
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_FAILURE_LIMIT = env.int("PORCHLIGHT_ADMIN_LOGIN_FAILURES", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("PORCHLIGHT_ADMIN_LOCKOUT_MINUTES", default=15))
+# Per IP, not per username: a username lockout would let anyone lock staff out of the admin.
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "config.middleware.client_ip"
+AXES_SENSITIVE_PARAMETERS = ["password", "csrfmiddlewaretoken"]
+
+# Retention (tracking/privacy.py, beat job "privacy-retention"): driver positions older than
+# PING_DAYS are deleted; the personal data of deliveries finished more than PERSONAL_DAYS ago
+# is erased (docs/operations.md says what is erased and what is kept).
+PORCHLIGHT_RETENTION_PING_DAYS = env.int("PORCHLIGHT_RETENTION_PING_DAYS", default=7)
+PORCHLIGHT_RETENTION_PERSONAL_DAYS = env.int("PORCHLIGHT_RETENTION_PERSONAL_DAYS", default=90)
+PORCHLIGHT_RETENTION_BATCH = env.int("PORCHLIGHT_RETENTION_BATCH", default=500)
+CELERY_BEAT_SCHEDULE["privacy-retention"] = {
+    "task": "tracking.tasks.retention_run",
+    "schedule": env.float("PORCHLIGHT_RETENTION_INTERVAL", default=3600.0),
+}
+
 # --- integrations: Onfleet and Spoke webhooks (issue #8; docs/integrations.md) ------------
 # Comma-separated, for rotation. Onfleet's are hex (as Onfleet shows them); Spoke's are the team's secret.
 ONFLEET_WEBHOOK_SECRETS = env.list("ONFLEET_WEBHOOK_SECRETS", default=[])
@@ -270,3 +390,7 @@ SPOKE_WEBHOOK_SECRETS = env.list("SPOKE_WEBHOOK_SECRETS", default=[])
 INTEGRATIONS_TIMEZONE = env.str("INTEGRATIONS_TIMEZONE", default="UTC")
 # Onfleet sends photo upload ids, not URLs: e.g. "https://photos.example.com/{id}.png" ("" = no proof photo).
 ONFLEET_PHOTO_URL_TEMPLATE = env.str("ONFLEET_PHOTO_URL_TEMPLATE", default="")
+
+# --- support desk (issue 6) ---------------------------------------------------------------
+# A phone number searched without a country code ("(956) 555-0123") is read in this region.
+PORCHLIGHT_SUPPORT_PHONE_REGION = env.str("PORCHLIGHT_SUPPORT_PHONE_REGION", default="US")

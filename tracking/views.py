@@ -1,8 +1,9 @@
 """The customer's tracking page (`/t/<token>/`), its live-state snapshot and its actions.
 
-Every response here carries the same privacy and security headers; every unknown, malformed,
-revoked or expired token gets the same 404 page, and a client that keeps missing is throttled.
-Pages are answered with 304 when nothing they show has changed (ETag over the rows' versions).
+Every response here carries the same privacy and security headers (no-referrer, no-store: see
+config.middleware); every unknown, malformed, revoked or expired token gets the same 404 page,
+and a client that keeps missing is throttled. Each process keeps the pages it rendered, by
+version, so an unchanged page costs one small query.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import logging
 import threading
 from collections import OrderedDict
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from django import forms
 from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http.response import HttpResponseBase
 from django.middleware.csrf import get_token
 from django.shortcuts import render
 from django.template.loader import render_to_string
@@ -26,6 +28,7 @@ from django.utils import timezone, translation
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_POST, require_safe
 
+from config.middleware import client_ip, token_url_headers
 from tracking import live
 from tracking.customer import (
     MAX_COMMENT,
@@ -51,59 +54,30 @@ from tracking.models import Delivery, DeliveryProof, Status
 
 logger = logging.getLogger(__name__)
 
-# T2: a client that misses this many tokens within the window is refused (429) for the rest of
-# it. Counted in the shared cache (Redis in production), so several processes share one count.
-MISS_LIMIT = 30
-MISS_WINDOW = 600
+# T2: a client (by IP, see config.middleware.client_ip) that misses more than
+# PORCHLIGHT_TOKEN_MISS_LIMIT tokens within the window is refused (429) for the rest of it.
+# Counted in the shared cache (Redis in production), so several processes share one count.
+MISS_LIMIT = settings.PORCHLIGHT_TOKEN_MISS_LIMIT
+MISS_WINDOW = settings.PORCHLIGHT_TOKEN_MISS_WINDOW
 DESTINATION_DECIMALS = 3  # about 100 m: the map shows the neighbourhood, not the door
 
 
-def _tile_source(template: str) -> str:
-    parts = urlsplit(template)
-    if not parts.scheme or not parts.netloc:
-        return ""
-    return f"{parts.scheme}://{parts.netloc.replace('{s}', '*')}"
-
-
-CONTENT_SECURITY_POLICY = "; ".join(
-    [
-        "default-src 'self'",
-        "script-src 'self'",
-        "style-src 'self'",
-        f"img-src 'self' data: {_tile_source(settings.MAP_TILE_URL)}".strip(),
-        "connect-src 'self'",
-        "font-src 'self'",
-        "object-src 'none'",
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
-    ]
-)
-
-
-def customer_headers(response: HttpResponse) -> HttpResponse:
-    """The headers of every page a customer reaches through their link (this one, slots...)."""
-    response["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
-    response["X-Robots-Tag"] = "noindex, nofollow"
-    response["X-Content-Type-Options"] = "nosniff"
-    # The link's token must never leave for another site, but "no-referrer" makes Chromium
-    # send `Origin: null` on a plain form POST, which Django's CSRF check refuses: the forms
-    # would only work with JavaScript. "same-origin" sends nothing to any other site.
-    response["Referrer-Policy"] = "same-origin"
-    return response
+def customer_headers(response: HttpResponseBase) -> HttpResponseBase:
+    """The headers of every page a customer reaches through their link (this one, slots...):
+    `Referrer-Policy: no-referrer` (the token is in the URL), `Cache-Control: private,
+    no-store`, nosniff, noindex, no framing. The Content-Security-Policy comes from django-csp
+    (settings.CONTENT_SECURITY_POLICY). config.middleware.TokenUrlHeadersMiddleware also sets
+    them on every response under /t/, whichever view or error page answered."""
+    return token_url_headers(response)
 
 
 def _secured(response: HttpResponse) -> HttpResponse:
     customer_headers(response)
-    # Not no-store: the browser keeps the page and revalidates it (304) on every visit, and
-    # `private` keeps it out of shared caches. A personal page, never served stale.
-    response["Cache-Control"] = "private, no-cache"
     return response
 
 
 def _client_key(request: HttpRequest) -> str:
-    # REMOTE_ADDR only: a client-supplied X-Forwarded-For must not reset its own count.
-    return "tracking-miss:" + hashlib.sha256(request.META.get("REMOTE_ADDR", "").encode()).hexdigest()[:32]
+    return "tracking-miss:" + hashlib.sha256(client_ip(request).encode()).hexdigest()[:32]
 
 
 def _count_miss(request: HttpRequest) -> int:
@@ -142,12 +116,6 @@ def _language(request: HttpRequest, delivery: Delivery) -> str:
 
 def _page_url(delivery: Delivery, language: str, name: str = "tracking_page") -> str:
     return reverse(name, args=[delivery.tracking_token]) + "?" + urlencode({"lang": language})
-
-
-def _etag(request: HttpRequest, versions: str) -> str:
-    # The forms carry a CSRF token made from the cookie's secret: a new cookie is a new page.
-    cookie = request.COOKIES.get(settings.CSRF_COOKIE_NAME, "")
-    return '"' + hashlib.sha256(f"{versions}|{cookie}".encode()).hexdigest()[:32] + '"'
 
 
 class _RenderedPages:
@@ -261,32 +229,30 @@ def _render(
 
 
 def _cached_get(request: HttpRequest, token: str, template: str) -> HttpResponse:
-    """GET of the page or its snapshot: 304 when unchanged, else the rendered page of this
-    version if this process has it, else render it. One small query when nothing changed."""
+    """GET of the page or its snapshot: the rendered page of this version if this process has
+    it, else render it. One small query when nothing changed.
+
+    No ETag and no 304: the page is `no-store` (it holds a personal address and a live
+    position), so browsers keep nothing to revalidate."""
     version = page_version(token=token)
     if version is None:
         return _refused(request, throttled=_count_miss(request) > MISS_LIMIT)
     language = language_for(version.locale, request.GET.get("lang"))
     key = f"{template}|{language}|{version.key}"
-    etag = _etag(request, key)
-    if etag in request.headers.get("If-None-Match", ""):
-        response = HttpResponse(status=304)
-    else:
-        body = _rendered.get(key)
-        if body is None:
-            delivery = delivery_for_token(token=token)
-            if delivery is None:  # revoked between the two reads
-                return _refused(request)
-            with translation.override(language), timezone.override(delivery_zone(delivery)):
-                context = _context(request, delivery, language)
-                context["csrf_token"] = CSRF_PLACEHOLDER
-                body = render_to_string(template, context, request=request)
-            # Keyed by what was rendered: a change between the two reads is never filed under
-            # the older version.
-            _rendered.put(f"{template}|{language}|{page_version_of(delivery)}", body)
-        response = HttpResponse(body.replace(CSRF_PLACEHOLDER, get_token(request)))
-        response["Content-Language"] = language
-    response["ETag"] = etag
+    body = _rendered.get(key)
+    if body is None:
+        delivery = delivery_for_token(token=token)
+        if delivery is None:  # revoked between the two reads
+            return _refused(request)
+        with translation.override(language), timezone.override(delivery_zone(delivery)):
+            context = _context(request, delivery, language)
+            context["csrf_token"] = CSRF_PLACEHOLDER
+            body = render_to_string(template, context, request=request)
+        # Keyed by what was rendered: a change between the two reads is never filed under
+        # the older version.
+        _rendered.put(f"{template}|{language}|{page_version_of(delivery)}", body)
+    response = HttpResponse(body.replace(CSRF_PLACEHOLDER, get_token(request)))
+    response["Content-Language"] = language
     response["Vary"] = "Cookie, HX-Request"
     return _secured(response)
 
@@ -373,7 +339,5 @@ def tracking_proof_photo(request: HttpRequest, token: str) -> HttpResponse:
         or photo[1] not in ("image/jpeg", "image/png")
     ):
         return _refused(request)
-    response = HttpResponse(bytes(photo[0]), content_type=photo[1])
-    _secured(response)
-    response["Cache-Control"] = "private, max-age=3600"
-    return response
+    # no-store like the page: a photo of someone's door, behind their link.
+    return _secured(HttpResponse(bytes(photo[0]), content_type=photo[1]))
