@@ -20,6 +20,7 @@ class Kind(models.TextChoices):
     BOOKED = "booked", "slot booked"
     MOVED = "moved", "slot moved"
     REMINDER = "reminder", "day-before reminder"
+    TRACKING_LINK = "tracking_link", "tracking link (sent by support)"
 
 
 class Status(models.TextChoices):

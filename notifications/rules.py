@@ -119,8 +119,9 @@ def is_still_useful(kind: str, delivery: Delivery) -> bool:
 
 
 def may_break_quiet_hours(kind: str) -> bool:
-    # Only then is the driver really at the door.
-    return kind == Kind.APPROACHING
+    # Only then is the driver really at the door; or support is sending the link the customer
+    # is asking for on the phone right now.
+    return kind in (Kind.APPROACHING, Kind.TRACKING_LINK)
 
 
 # --- quiet hours ---------------------------------------------------------------------------

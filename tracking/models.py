@@ -308,3 +308,44 @@ class ProviderPayload(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider} {self.kind} {self.reference}".strip()
+
+
+# --- support desk (issue 6): what staff did about a delivery ------------------------------
+
+
+class SupportActionKind(models.TextChoices):
+    NOTE = "note", _("internal note")
+    CONTACT = "contact", _('"where is my order" contact')
+    LINK_SENT = "link_sent", _("tracking link sent again")
+    TOKEN_REISSUED = "token_reissued", _("tracking link revoked and reissued")
+
+
+class SupportAction(models.Model):
+    """One thing a support agent did or recorded about a delivery: who, when, what.
+
+    Slot bookings on a customer's behalf are audited by scheduling's BookingChange (by=staff,
+    staff_user), which the timeline shows beside these rows.
+    """
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="support_actions")
+    kind = models.CharField(max_length=24, choices=SupportActionKind.choices)
+    user = models.ForeignKey(
+        "auth.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="support_actions"
+    )
+    # Kept when the account is removed: the audit must still say who.
+    username = models.CharField(max_length=150)
+    text = models.TextField(blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+    # The form's one-time key: a double submit or a replayed POST records (and sends) once.
+    nonce = models.CharField(max_length=64, unique=True)
+    at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["delivery", "at"], name="support_delivery_history"),
+            models.Index(fields=["kind", "at"], name="support_kind_at"),
+        ]
+        permissions = [("view_support_kpis", "Can view the support KPI page")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} by {self.username} at {self.at:%Y-%m-%d %H:%M}"
