@@ -10,8 +10,9 @@ three things open that a read-only socket facing the internet needs closed:
 2. Outbound buffering. Daphne writes every message into Twisted's transport, whose buffer has
    no bound: a viewer that stops reading its socket (a frozen tab, a dead phone behind a NAT)
    makes the server hold everything sent to it, until the ping timeout (20 + 30 s) at best.
-   Here a write that would leave more than `PORCHLIGHT_WS_SEND_BUFFER_BYTES` unsent (beyond
-   what the kernel's socket buffer already holds) aborts the connection instead: the socket is
+   Here the kernel's send buffer is fixed at `PORCHLIGHT_WS_SEND_BUFFER_BYTES` (Linux doubles
+   it; without this it grows to 4 MiB for a socket that does not drain), and a write that would
+   leave more than that again unsent in daphne aborts the connection instead: the socket is
    "over capacity", logged (`websocket over capacity`) and counted (`over_capacity`). The page
    reconnects and re-reads its snapshot, as after any drop.
 3. Close codes. Autobahn lets an application close only with 1000 or 3000-4999, so the
@@ -28,7 +29,9 @@ consumer falls back to plain ASGI sends.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -92,6 +95,15 @@ def _within_bound(protocol: Any, size: int, limit: int) -> bool:
     return False
 
 
+def _limit_kernel_buffer(transport: Any, size: int) -> None:
+    """A fixed kernel send buffer: Linux would otherwise let it grow to tcp_wmem's maximum
+    (4 MiB) for a socket that does not drain, before anything reaches our own bound."""
+    if size <= 0:
+        return
+    with contextlib.suppress(AttributeError, OSError):  # not a plain TCP socket
+        transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
+
 def install(*, max_message_bytes: int, send_buffer_bytes: int) -> None:
     """Patch daphne's websocket protocol and server (once per process)."""
     global _installed
@@ -111,6 +123,7 @@ def install(*, max_message_bytes: int, send_buffer_bytes: int) -> None:
         self.maxFramePayloadSize = self.maxMessagePayloadSize = max_message_bytes
         # Say why (a close frame with 1009) rather than autobahn's default silent TCP drop.
         self.failByDrop = False
+        _limit_kernel_buffer(self.transport, send_buffer_bytes)
         return on_connect(self, request)
 
     server_send = WebSocketProtocol.serverSend
