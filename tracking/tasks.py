@@ -29,3 +29,11 @@ def outbound_sweep() -> int:
     for outbound_id in ids:
         outbound_send.delay(outbound_id)
     return len(ids)
+
+
+@shared_task
+def retention_run() -> int:
+    """Beat's privacy-retention job: old positions and finished deliveries' personal data."""
+    from tracking.privacy import retention_run as run
+
+    return run().changed
