@@ -122,10 +122,11 @@ def _country_names() -> dict[str, str]:
 
 def country_code(name: str) -> str:
     name = name.strip().rstrip(".")
+    if alias := _COUNTRY_ALIASES.get(name.upper()) or _COUNTRY_ALIASES.get(name.upper() + "."):
+        return alias
     if re.fullmatch(r"[A-Za-z]{2}", name):
         return name.upper()
-    alias = _COUNTRY_ALIASES.get(name.upper()) or _COUNTRY_ALIASES.get(name.upper() + ".")
-    return alias or _country_names().get(name.casefold(), "")
+    return _country_names().get(name.casefold(), "")
 
 
 def _parsed_phone(phone: str) -> phonenumbers.PhoneNumber | None:

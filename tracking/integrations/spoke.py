@@ -51,7 +51,7 @@ def signature_matches(*, header: str, body: bytes, secrets: Iterable[str]) -> bo
 def map_payload(document: Any) -> Mapped:
     if not isinstance(document, dict):
         raise Malformed("A Spoke webhook body is a JSON object.")
-    kind = mapping.text(document.get("type"), limit=65)
+    kind = mapping.text(document.get("type"), limit=65) if isinstance(document.get("type"), str) else ""
     if not kind or len(kind) > 64:
         raise Malformed("type must be a string such as stop.allocated.")
     occurred_at = mapping.from_epoch(document.get("created"), milliseconds=True)
