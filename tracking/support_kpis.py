@@ -61,6 +61,8 @@ def kpi_range(start: str | None, end: str | None, *, today: date) -> tuple[date,
         return (*default, "Dates must look like 2026-11-21: showing the last 14 days.")
     if last < first:
         first, last = last, first
+    if first.year < 2000 or last.year > 2999:
+        return (*default, "Dates must be between 2000 and 2999: showing the last 14 days.")
     if (last - first).days >= MAX_DAYS:
         return (
             last - timedelta(days=MAX_DAYS - 1),

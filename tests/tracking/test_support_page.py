@@ -34,26 +34,48 @@ def add_history(delivery, *, n: int = 1, start=None) -> None:
     at = start or timezone.now() - timedelta(hours=3)
     for i in range(n):
         InboundEvent.objects.create(
-            event_id=f"evt-{delivery.pk}-{i}-{InboundEvent.objects.count()}", type="delivery.status",
-            occurred_at=at + timedelta(minutes=i), reference=delivery.reference, delivery=delivery,
+            event_id=f"evt-{delivery.pk}-{i}-{InboundEvent.objects.count()}",
+            type="delivery.status",
+            occurred_at=at + timedelta(minutes=i),
+            reference=delivery.reference,
+            delivery=delivery,
             payload={"data": {"status": "out_for_delivery", "reference": delivery.reference}},
-            result=EventResult.ACCEPTED, received_at=at,
-        )  # fmt: skip
+            result=EventResult.ACCEPTED,
+            received_at=at,
+        )
         Notification.objects.create(
-            delivery=delivery, channel="sms", kind="out_for_delivery", recipient=delivery.phone,
-            body="On its way", dedupe_key=f"{delivery.pk}:h:{i}:{Notification.objects.count()}",
-            status="undelivered", error_code="30003", last_error="Unreachable handset",
+            delivery=delivery,
+            channel="sms",
+            kind="out_for_delivery",
+            recipient=delivery.phone,
+            body="On its way",
+            dedupe_key=f"{delivery.pk}:h:{i}:{Notification.objects.count()}",
+            status="undelivered",
+            error_code="30003",
+            last_error="Unreachable handset",
             next_attempt_at=at,
-        )  # fmt: skip
+        )
         OutboundEvent.objects.create(
-            event_id=f"pl_{delivery.pk}_{i}_{OutboundEvent.objects.count()}", type="delivery.instructions",
-            delivery=delivery, data={"instructions": "Leave at the back door"}, occurred_at=at,
-            next_attempt_at=at, status=OutboundStatus.FAILED, last_error="HTTP 503",
-        )  # fmt: skip
-        InboundMessage.objects.create(sender=delivery.phone, body="where is it?", action="review",
-                                      needs_review=True, received_at=at)  # fmt: skip
-        SupportAction.objects.create(delivery=delivery, kind="note", username="earlier", text=f"note {i}",
-                                     nonce=f"n-{delivery.pk}-{i}-{SupportAction.objects.count()}", at=at)  # fmt: skip
+            event_id=f"pl_{delivery.pk}_{i}_{OutboundEvent.objects.count()}",
+            type="delivery.instructions",
+            delivery=delivery,
+            data={"instructions": "Leave at the back door"},
+            occurred_at=at,
+            next_attempt_at=at,
+            status=OutboundStatus.FAILED,
+            last_error="HTTP 503",
+        )
+        InboundMessage.objects.create(
+            sender=delivery.phone, body="where is it?", action="review", needs_review=True, received_at=at
+        )
+        SupportAction.objects.create(
+            delivery=delivery,
+            kind="note",
+            username="earlier",
+            text=f"note {i}",
+            nonce=f"n-{delivery.pk}-{i}-{SupportAction.objects.count()}",
+            at=at,
+        )
 
 
 def test_the_page_shows_status_eta_window_slot_driver_link_and_consent(agent: Client) -> None:
@@ -61,19 +83,23 @@ def test_the_page_shows_status_eta_window_slot_driver_link_and_consent(agent: Cl
     slot = make_slot(zone=zone)
     driver = make_driver(lat=27.51, lon=-99.50, position_recorded_at=timezone.now() - timedelta(minutes=3))
     delivery = make_delivery(
-        zone_code=zone.code, driver=driver, status="scheduled", eta=timezone.now() + timedelta(hours=3),
+        zone_code=zone.code,
+        driver=driver,
+        status="scheduled",
+        eta=timezone.now() + timedelta(hours=3),
         customer_name="María José Peña",
-    )  # fmt: skip
+    )
     booking_book(delivery=delivery, slot_id=slot.pk)
-    Consent.objects.create(channel="sms", address=delivery.phone, opted_out=True, reason="STOP",
-                           changed_at=timezone.now())  # fmt: skip
+    Consent.objects.create(
+        channel="sms", address=delivery.phone, opted_out=True, reason="STOP", changed_at=timezone.now()
+    )
     html = agent.get(page_url(delivery)).content.decode()
     assert "María José Peña" in html and "Scheduled" in html
     assert str(slot) in html  # the booked slot
     assert "Sam Driver" in html and "3\xa0minutes ago" in html
     assert f"/t/{delivery.tracking_token}/" in html
-    assert f"sms {delivery.phone}: <span class=\"support-problem\">opted out (STOP" in html
-    assert "email customer" in html and ": <span class=\"\">allowed</span>" in html
+    assert f'sms {delivery.phone}: <span class="support-problem">opted out (STOP' in html
+    assert "email customer" in html and ': <span class="">allowed</span>' in html
     assert re.search(r'<circle cx="[\d.]+" cy="[\d.]+" r="6" fill="#0969da">', html)  # the driver on the map
     assert "<script" not in html.split('id="support-desk"')[1].split("</section>")[0]
 

@@ -12,7 +12,14 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from notifications.models import Notification
-from tests.tracking.support_factories import CHANGELIST, found, logged_in, make_delivery, make_driver, support_user
+from tests.tracking.support_factories import (
+    CHANGELIST,
+    found,
+    logged_in,
+    make_delivery,
+    make_driver,
+    support_user,
+)
 from tracking.models import OutboundEvent, OutboundStatus
 
 pytestmark = pytest.mark.django_db
@@ -25,9 +32,14 @@ def agent() -> Client:
 
 @pytest.fixture
 def maria():
-    make_delivery(reference="ORD-10046", customer_name="Mario Pérez", phone="+19565550999", email="mario@example.com")
+    make_delivery(
+        reference="ORD-10046", customer_name="Mario Pérez", phone="+19565550999", email="mario@example.com"
+    )
     return make_delivery(
-        reference="ORD-10045", customer_name="María José Peña", phone="+19565550123", email="Maria.Pena@Example.com"
+        reference="ORD-10045",
+        customer_name="María José Peña",
+        phone="+19565550123",
+        email="Maria.Pena@Example.com",
     )
 
 
@@ -138,13 +150,24 @@ def test_filters_find_late_failed_today_undelivered_messages_and_outbound_that_g
     failed = make_delivery(status="attempt_failed", status_at=now)
     make_delivery(status="attempt_failed", status_at=now - timedelta(days=2))
     Notification.objects.create(
-        delivery=on_time, channel="sms", kind="received", recipient=on_time.phone, body="x",
-        dedupe_key=f"{on_time.pk}:x", status="undelivered", next_attempt_at=now,
-    )  # fmt: skip
+        delivery=on_time,
+        channel="sms",
+        kind="received",
+        recipient=on_time.phone,
+        body="x",
+        dedupe_key=f"{on_time.pk}:x",
+        status="undelivered",
+        next_attempt_at=now,
+    )
     OutboundEvent.objects.create(
-        event_id="pl_support_1", type="delivery.feedback", delivery=failed, data={}, occurred_at=now,
-        next_attempt_at=now, status=OutboundStatus.FAILED,
-    )  # fmt: skip
+        event_id="pl_support_1",
+        type="delivery.feedback",
+        delivery=failed,
+        data={},
+        occurred_at=now,
+        next_attempt_at=now,
+        status=OutboundStatus.FAILED,
+    )
     assert found(agent, "", late="yes") == [late]
     assert found(agent, "", failed_today="yes") == [failed]
     assert found(agent, "", bad_messages="yes") == [on_time]
@@ -174,9 +197,15 @@ def test_the_list_runs_a_constant_number_of_queries_for_1_or_50_deliveries(agent
         for _ in range(n):
             delivery = make_delivery(driver=make_driver(), eta=timezone.now() + timedelta(hours=6))
             Notification.objects.create(
-                delivery=delivery, channel="sms", kind="received", recipient=delivery.phone, body="x",
-                dedupe_key=f"{delivery.pk}:q", status="dead", next_attempt_at=timezone.now(),
-            )  # fmt: skip
+                delivery=delivery,
+                channel="sms",
+                kind="received",
+                recipient=delivery.phone,
+                body="x",
+                dedupe_key=f"{delivery.pk}:q",
+                status="dead",
+                next_attempt_at=timezone.now(),
+            )
 
     add(1)
     one = queries(agent, params)
