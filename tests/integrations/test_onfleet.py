@@ -282,3 +282,12 @@ def test_a_recipient_phone_without_a_single_time_zone_uses_the_fallback(client, 
     post(client, created)
     d = delivery()
     assert (d.country, d.timezone) in {("MX", "America/Mexico_City")}
+
+
+def test_a_clone_is_its_own_delivery_even_when_the_trigger_names_the_source_task(client):
+    post(client, "task_created")
+    cloned = recorded("onfleet", "task_cloned")
+    cloned["taskId"] = TASK
+    post(client, cloned)
+    assert set(Delivery.objects.values_list("reference", flat=True)) == {TASK, "cL0n3dTask~AbCdEfGh*1234"}
+    assert delivery().address_line2 == "Apt 4"  # the source task is untouched

@@ -71,7 +71,8 @@ def map_payload(document: Any) -> Mapped:
         raise Malformed("time must be epoch milliseconds.")
     data = obj(document.get("data"))
     task = obj(data.get("task"))
-    task_id = text(document.get("taskId"), limit=200) or text(task.get("id"), limit=200)
+    # The task described (for taskCloned, the clone), else the one the trigger names.
+    task_id = text(task.get("id"), limit=200) or text(document.get("taskId"), limit=200)
     worker_id = text(document.get("workerId"), limit=200) or text(obj(data.get("worker")).get("id"))
     name = TRIGGERS.get(trigger_id) or text(document.get("triggerName"), limit=64) or f"trigger{trigger_id}"
     key = f"{task_id or worker_id}:{trigger_id}:{document['time']}"
