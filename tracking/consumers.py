@@ -38,6 +38,8 @@ MAX_SOCKETS_PER_TOKEN = 20
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 
+# How often each process checks that its channel layer delivers (and notices it came back).
+PROBE_INTERVAL = 2.0
 # A count that a killed process never gave back fades after this long without a new socket.
 IP_COUNT_TTL = 3600
 # What config/wsserver.py puts in a daphne socket's scope: synchronous, bounded writes.
@@ -86,20 +88,40 @@ class _DriverHub:
     straight to the local sockets that follow that driver, with no per-socket channel queue,
     task wake-up or handler dispatch: that is most of what stock Channels spends per recipient.
     Under daphne it is also framed once, and written to each socket without an await.
+
+    The hub also knows every socket of the process, and probes the channel layer through Redis
+    every PROBE_INTERVAL seconds: when the layer comes back after failing (Redis restarted),
+    whatever was published meanwhile is lost, so every socket is sent its delivery's state
+    again (one database read per delivery), as a page would re-read its snapshot.
     """
 
     def __init__(self, layer: Any) -> None:
         self.layer = layer
         self.channel = ""
         self.followers: dict[int, set[TrackingConsumer]] = defaultdict(set)
-        self.task: asyncio.Task[None] | None = None
+        self.members: set[TrackingConsumer] = set()
+        self.tasks: list[asyncio.Task[None]] = []
         self.lock = asyncio.Lock()
+        self.probe = asyncio.Event()
+
+    async def _start(self) -> None:
+        """Under the lock: the process's channel and its listener, once."""
+        if not self.channel:
+            self.channel = await self.layer.new_channel("driver-hub.")
+            loop = asyncio.get_running_loop()
+            self.tasks = [loop.create_task(self._listen()), loop.create_task(self._watch())]
+
+    async def join(self, consumer: TrackingConsumer) -> None:
+        async with self.lock:
+            await self._start()
+            self.members.add(consumer)
+
+    def leave(self, consumer: TrackingConsumer) -> None:
+        self.members.discard(consumer)
 
     async def follow(self, driver_id: int, consumer: TrackingConsumer) -> None:
         async with self.lock:
-            if not self.channel:
-                self.channel = await self.layer.new_channel("driver-hub.")
-                self.task = asyncio.get_running_loop().create_task(self._listen())
+            await self._start()
             first = not self.followers[driver_id]
             self.followers[driver_id].add(consumer)
             if first:
@@ -121,12 +143,46 @@ class _DriverHub:
                 message = await self.layer.receive(self.channel)
                 if message.get("type") == "driver.location":
                     await self.relay(message)
+                elif message.get("type") == "hub.probe":
+                    self.probe.set()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 # One bad message or a layer hiccup must not stop positions for the process.
                 logger.exception("driver hub: message not relayed")
                 await asyncio.sleep(0.1)
+
+    async def _watch(self) -> None:
+        reachable = True
+        while True:
+            await asyncio.sleep(PROBE_INTERVAL)
+            self.probe.clear()
+            try:
+                await asyncio.wait_for(self.layer.send(self.channel, {"type": "hub.probe"}), PROBE_INTERVAL)
+                await asyncio.wait_for(self.probe.wait(), PROBE_INTERVAL)
+                ok = True
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                ok = False
+            if ok and not reachable:
+                logger.warning("channel layer back: sending %d sockets their state again", len(self.members))
+                await self.resync()
+            elif reachable and not ok:
+                logger.warning("channel layer unreachable: live updates paused")
+            reachable = ok
+
+    async def resync(self) -> None:
+        by_token: dict[str, list[TrackingConsumer]] = defaultdict(list)
+        for consumer in list(self.members):
+            by_token[consumer.token].append(consumer)
+        for token, consumers in by_token.items():
+            try:
+                state = await _state(token)
+                for consumer in consumers:
+                    await consumer.resync(state)
+            except Exception:
+                logger.exception("socket state not sent again")
 
     async def relay(self, message: dict[str, Any]) -> None:
         prepared = None
@@ -166,6 +222,12 @@ def _load(token: str, requested_language: str | None, ip: str) -> tuple[int, str
     return delivery.pk, delivery_language(delivery, requested_language), live.delivery_state(delivery)
 
 
+@database_sync_to_async
+def _state(token: str) -> dict[str, Any] | None:
+    delivery = delivery_for_token(token=token)
+    return live.delivery_state(delivery) if delivery is not None else None
+
+
 _release_ip = sync_to_async(_ip_release, thread_sensitive=False)
 
 
@@ -201,10 +263,12 @@ class TrackingConsumer(AsyncWebsocketConsumer):
         self.delivery_group = live.delivery_group(delivery_id)
         await self.channel_layer.group_add(self.delivery_group, self.channel_name)
         await self.accept()
+        await _hub(self.channel_layer).join(self)
         await self.delivery_state(state)
 
     async def disconnect(self, code: int) -> None:
         self.closed = True
+        _hub(self.channel_layer).leave(self)
         if self.counted:
             self.counted = False
             _open_per_token[self.token] -= 1
@@ -254,6 +318,15 @@ class TrackingConsumer(AsyncWebsocketConsumer):
             await self.base_send({"type": "websocket.send", "text": event["text"]})
         except Exception:  # the socket went away under us; disconnect() cleans up
             self.closed = True
+
+    async def resync(self, state: dict[str, Any] | None) -> None:
+        """The delivery's state again, read after the channel layer came back (see _DriverHub)."""
+        if self.closed:
+            return
+        if state is None:  # revoked or expired meanwhile
+            await self.close()
+            return
+        await self.delivery_state(state)
 
     async def _follow_driver(self, driver_id: int | None) -> None:
         if driver_id == self.driver_id:
