@@ -394,3 +394,10 @@ ONFLEET_PHOTO_URL_TEMPLATE = env.str("ONFLEET_PHOTO_URL_TEMPLATE", default="")
 # --- support desk (issue 6) ---------------------------------------------------------------
 # A phone number searched without a country code ("(956) 555-0123") is read in this region.
 PORCHLIGHT_SUPPORT_PHONE_REGION = env.str("PORCHLIGHT_SUPPORT_PHONE_REGION", default="US")
+
+# --- reliability: chaos tests (issues #4, #7) ---------------------------------------------
+# kombu puts back the tasks of a worker that died (unacked past the visibility timeout) only
+# when it scans for them, by default every 10 x 10 s; every 5 s instead, so that a lost task
+# runs again within the visibility timeout + 5 s (RELIABILITY.md O3), sweeper or not.
+CELERY_BROKER_TRANSPORT_OPTIONS["unacked_restore_interval"] = 5
+CELERY_BROKER_TRANSPORT_OPTIONS["unacked_restore_throttle"] = 1
