@@ -154,26 +154,38 @@ def test_an_authentic_spoke_payload_with_hostile_values_is_answered_200(client, 
     assert not Delivery.objects.filter(proof__photo_url__startswith="javascript").exists()
 
 
-@hypothesis_settings(
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=6)
+    ),
+    max_leaves=30,
+)
+FUZZ = hypothesis_settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(
-    document=st.recursive(
-        st.none()
-        | st.booleans()
-        | st.integers()
-        | st.floats(allow_nan=False, allow_infinity=False)
-        | st.text(max_size=20),
-        lambda children: (
-            st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=6)
-        ),
-        max_leaves=30,
-    ),
-    trigger=st.integers(min_value=-2, max_value=20),
-)
+SPOKE_TYPES = [*("stop." + t for t in ("allocated", "out_for_delivery", "attempted_delivery", "departed")),
+               "stop.next_in_route", "stop.tracking_link_added", "test.send_event", "x"]  # fmt: skip
+
+
+@FUZZ
+@given(document=JSON_VALUES, trigger=st.integers(min_value=-2, max_value=20))
 def test_no_authentic_onfleet_body_gets_a_5xx(client, document, trigger):
     body = {"time": 1795273200000, "triggerId": trigger, "taskId": "fuzz", "data": {"task": document}}
     response = post_onfleet(client, body)
+    assert response.status_code == 200
+
+
+@FUZZ
+@given(stop=JSON_VALUES, kind=st.sampled_from(SPOKE_TYPES))
+def test_no_authentic_spoke_body_gets_a_5xx(client, stop, kind):
+    if isinstance(stop, dict):
+        stop.setdefault("id", "plans/p/stops/fuzz")
+    response = post_spoke(client, {"type": kind, "version": "v1", "created": 1795273200000, "data": stop})
     assert response.status_code == 200
 
 

@@ -291,3 +291,11 @@ def test_a_clone_is_its_own_delivery_even_when_the_trigger_names_the_source_task
     post(client, cloned)
     assert set(Delivery.objects.values_list("reference", flat=True)) == {TASK, "cL0n3dTask~AbCdEfGh*1234"}
     assert delivery().address_line2 == "Apt 4"  # the source task is untouched
+
+
+def test_the_customer_follows_an_onfleet_task_on_the_usual_tracking_page(client):
+    [result] = post(client, "task_created")["results"]
+    post(client, "task_started")
+    page = client.get(result["tracking_url"].removeprefix("http://testserver"))
+    assert page.status_code == 200
+    assert 'data-status="out_for_delivery"' in page.content.decode()
