@@ -52,6 +52,15 @@ def client_ip(request: HttpRequest) -> str:
     return _valid_ip(remote) or remote[:64]
 
 
+def axes_username(request: HttpRequest, credentials: dict[str, Any] | None = None) -> str:
+    """The username django-axes records for a login attempt: whatever was typed, cut to what
+    a username can be (150) and without NUL, so that a hostile login form cannot make axes'
+    own insert fail (PostgreSQL refuses a 10 kB value in its varchar(255), and NUL anywhere)."""
+    source = credentials if credentials else request.POST
+    raw = source.get("username", "") if source is not None else ""
+    return str(raw or "").replace("\x00", "")[:150]
+
+
 # --- request ids and structured request logs -----------------------------------------------
 REQUEST_ID_SHAPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{7,127}")
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -84,6 +93,21 @@ def loggable_path(request: HttpRequest) -> str:
     """The path as logged: a customer's token is as good as a password, and a query string may
     carry anything, so neither is written to the logs."""
     return TOKEN_IN_PATH.sub("/t/<token>/", request.path)[:300]
+
+
+TOKEN_ANYWHERE = re.compile(r"/t/[^/\s\"']+/")
+
+
+class RedactTokensFilter(logging.Filter):
+    """For the log handlers: a customer's link in any log line (Django's "Forbidden (CSRF token
+    missing.): /t/...", a websocket handshake, an error report) loses its token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            message = record.getMessage()
+            if "/t/" in message:
+                record.msg, record.args = TOKEN_ANYWHERE.sub("/t/<token>/", message), None
+        return True
 
 
 class RequestLogMiddleware(RequestMiddleware):

@@ -291,7 +291,10 @@ LOGGING = {
             "foreign_pre_chain": _log_chain,
         }
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
+    "filters": {"redact_tokens": {"()": "config.middleware.RedactTokensFilter"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "structured", "filters": ["redact_tokens"]}
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {"django.request": {"level": "ERROR"}},
 }
@@ -369,6 +372,7 @@ AXES_COOLOFF_TIME = timedelta(minutes=env.int("PORCHLIGHT_ADMIN_LOCKOUT_MINUTES"
 AXES_LOCKOUT_PARAMETERS = ["ip_address"]
 AXES_RESET_ON_SUCCESS = True
 AXES_CLIENT_IP_CALLABLE = "config.middleware.client_ip"
+AXES_USERNAME_CALLABLE = "config.middleware.axes_username"
 AXES_SENSITIVE_PARAMETERS = ["password", "csrfmiddlewaretoken"]
 
 # Retention (tracking/privacy.py, beat job "privacy-retention"): driver positions older than
