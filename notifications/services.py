@@ -392,6 +392,24 @@ def notification_due_ids(*, limit: int = 1000) -> list[int]:
     )
 
 
+def notification_overdue(*, now: datetime | None = None) -> tuple[int, float]:
+    """Messages that should be with a worker (due, or whose sender's lease ran out), and how
+    long the oldest of them has been waiting, in seconds: 0.0 when there are none."""
+    now = now or timezone.now()
+    queued = Notification.objects.filter(status=Status.QUEUED, next_attempt_at__lte=now)
+    abandoned = Notification.objects.filter(status=Status.SENDING, lease_until__lt=now)
+    count = queued.count() + abandoned.count()
+    since = [
+        value
+        for value in (
+            queued.order_by("next_attempt_at").values_list("next_attempt_at", flat=True).first(),
+            abandoned.order_by("lease_until").values_list("lease_until", flat=True).first(),
+        )
+        if value is not None
+    ]
+    return count, max(0.0, (now - min(since)).total_seconds()) if since else 0.0
+
+
 def reminders_queue(*, now: datetime | None = None) -> int:
     """The day-before reminder for deliveries whose window starts tomorrow, local time."""
     from tracking.models import Delivery

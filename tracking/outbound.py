@@ -240,3 +240,13 @@ def outbound_dispatch_due(*, limit: int = 500) -> list[int]:
             status=OutboundStatus.QUEUED, lease_until=now + DISPATCH_GRACE
         )
     return pks
+
+
+def outbound_overdue(*, now: datetime | None = None) -> tuple[int, float]:
+    """Rows that should be with a worker, and how long the oldest has waited (seconds)."""
+    if not settings.PORCHLIGHT_ROUTING_URL:
+        return 0, 0.0  # waiting for a routing URL is not a stuck queue
+    now = now or timezone.now()
+    due = OutboundEvent.objects.filter(_due(now))
+    oldest = due.order_by("next_attempt_at").values_list("next_attempt_at", flat=True).first()
+    return due.count(), max(0.0, (now - oldest).total_seconds()) if oldest else 0.0
