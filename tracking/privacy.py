@@ -44,6 +44,7 @@ from tracking.models import (
     OutboundEvent,
     OutboundStatus,
     ProviderPayload,
+    SupportAction,
 )
 
 # Blanked on the delivery. Kept for statistics and the routing backend's records: reference,
@@ -64,6 +65,8 @@ ERASED_DELIVERY_FIELDS = (
 KEPT_COORDINATE_DECIMALS = 2
 # What an erased inbound event keeps of its payload: the timeline reads data.status.
 KEPT_EVENT_DATA = ("reference", "status")
+# What an erased support action keeps of its detail (not the recipient a link was sent to).
+KEPT_SUPPORT_DETAIL = ("channel", "notification")
 
 
 def _batch_size() -> int:
@@ -157,6 +160,11 @@ def deliveries_erase(*, delivery_ids: Sequence[int], now: datetime | None = None
             outbound.data = {"reference": outbound.data.get("reference", ""), "erased": True}
             outbound.save(update_fields=["data"])
         ProviderPayload.objects.filter(reference__in=references).exclude(body="").update(body="", error="")
+        # Support's notes and contacts may quote the customer; who did what, and when, stays.
+        for action in SupportAction.objects.filter(delivery_id__in=delivery_ids).exclude(text="", detail={}):
+            action.text = ""
+            action.detail = {key: value for key, value in action.detail.items() if key in KEPT_SUPPORT_DETAIL}
+            action.save(update_fields=["text", "detail"])
     return len(deliveries)
 
 
@@ -318,6 +326,10 @@ def customer_data_export(*, subject: Subject) -> dict[str, Any]:
                 ],
                 "outbound_events": [
                     _row(e) for e in OutboundEvent.objects.filter(delivery=delivery).order_by("pk")
+                ],
+                "support_actions": [
+                    _row(a, exclude=["nonce"])
+                    for a in SupportAction.objects.filter(delivery=delivery).order_by("pk")
                 ],
             }
         )

@@ -27,6 +27,7 @@ from tracking.models import (
     LocationPing,
     OutboundEvent,
     ProviderPayload,
+    SupportAction,
 )
 
 pytestmark = pytest.mark.django_db
@@ -80,6 +81,11 @@ def finished_delivery(days: float, **overrides: Any) -> Delivery:
         provider="onfleet", key=f"k{next(_ids)}", reference=delivery.reference,
         body='{"recipients": [{"name": "Ana García"}]}', outcome="applied", received_at=days_ago(days),
     )  # fmt: skip
+    SupportAction.objects.create(
+        delivery=delivery, kind="link_sent", username="agent", text="Ana called, lives at 1201 Matamoros",
+        detail={"channel": "sms", "recipient": delivery.phone, "notification": sms.pk},
+        nonce=f"n{next(_ids)}", at=days_ago(days),
+    )  # fmt: skip
     return delivery
 
 
@@ -88,7 +94,7 @@ def everything() -> dict[str, Any]:
     return {
         model.__name__: sorted(map(repr, model.objects.values()))
         for model in (Delivery, DeliveryProof, Notification, ProviderEvent, InboundEvent, OutboundEvent,
-                      ProviderPayload, LocationPing, InboundMessage, Consent)
+                      ProviderPayload, LocationPing, InboundMessage, Consent, SupportAction)
     }  # fmt: skip
 
 
@@ -125,6 +131,12 @@ def test_retention_deletes_old_positions_and_erases_old_deliveries_and_a_second_
             "erased": True,
         }
         assert ProviderPayload.objects.get(reference=delivery.reference).body == ""
+        action = SupportAction.objects.get(delivery=delivery)
+        assert (action.text, action.detail, action.username) == (
+            "",
+            {"channel": "sms", "notification": sms.pk},
+            "agent",
+        )
         payloads = json.dumps(
             list(InboundEvent.objects.filter(delivery=delivery).values_list("payload", flat=True))
         )
@@ -234,6 +246,7 @@ def test_export_finds_a_person_by_phone_in_any_common_international_form() -> No
     assert first["customer_name"] == "Ana García" and first["instructions"] == "Gate code 4512"
     assert first["proof"]["recipient_name"] == "Ana García" and first["proof"]["photo_bytes"] == 8
     assert len(first["inbound_events"]) == 3 and len(first["outbound_events"]) == 1
+    assert first["support_actions"][0]["text"] == "Ana called, lives at 1201 Matamoros"
     assert [n["body"] for n in export["notifications"]] == ["Hi Ana, delivered"]
     assert export["consent"][0]["opted_out"] is True
     assert [m["body"] for m in export["inbound_messages"]] == ["STOP"]
