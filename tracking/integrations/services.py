@@ -66,7 +66,8 @@ def provider_payload_receive(*, provider: str, body: str, document: Any) -> tupl
         _apply(payload, mapped, error)
     logger.info(
         "%s %s: %s, %d native event(s)%s",
-        provider, mapped.kind, payload.outcome, len(mapped.events), "" if created else " (received again)",
+        provider, mapped.kind or "(unmapped)", payload.outcome, len(mapped.events),
+        "" if created else " (received again)",
     )  # fmt: skip
     return payload, created
 
