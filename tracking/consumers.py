@@ -23,7 +23,9 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.core.cache import cache
+from django.http import HttpRequest
 
+from config.middleware import client_ip
 from tracking import live
 from tracking.customer import delivery_for_token, delivery_language
 
@@ -46,6 +48,16 @@ IP_COUNT_TTL = 3600
 WRITER_EXTENSION = "porchlight.socket"
 
 _open_per_token: Counter[str] = Counter()
+
+
+def _client_ip(scope: dict[str, Any]) -> str:
+    """The client's IP by the same rule as the pages' (PORCHLIGHT_TRUSTED_PROXIES)."""
+    request = HttpRequest()
+    request.META["REMOTE_ADDR"] = str((scope.get("client") or ("", 0))[0] or "")
+    for name, value in scope.get("headers", ()):
+        if name == b"x-forwarded-for":
+            request.META["HTTP_X_FORWARDED_FOR"] = value.decode("latin-1")
+    return client_ip(request)
 
 
 def _ip_key(ip: str) -> str:
@@ -248,16 +260,16 @@ class TrackingConsumer(AsyncWebsocketConsumer):
         self.frames = []
         self.token = str(self.scope["url_route"]["kwargs"].get("token", ""))
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        client = self.scope.get("client") or ("", 0)
+        ip = _client_ip(self.scope)
         loaded = None
         if _open_per_token[self.token] < MAX_SOCKETS_PER_TOKEN:
-            loaded = await _load(self.token, (query.get("lang") or [None])[0], str(client[0] or ""))
+            loaded = await _load(self.token, (query.get("lang") or [None])[0], ip)
         if loaded is None:
             await self.close()  # before accept: the handshake is answered 403
             return
         _open_per_token[self.token] += 1
         self.counted = True
-        self.client_ip = str(client[0] or "")
+        self.client_ip = ip
         self.writer = (self.scope.get("extensions") or {}).get(WRITER_EXTENSION)
         delivery_id, self.language, state = loaded
         self.delivery_group = live.delivery_group(delivery_id)

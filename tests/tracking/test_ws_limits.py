@@ -179,3 +179,39 @@ def test_the_per_ip_cap_on_open_sockets_holds_across_two_daphne_processes() -> N
                 return None  # the close may not have been counted yet
 
         assert wait_for(reopen, timeout=5, interval=0.1, what="a place freed by a close")
+
+
+def test_behind_a_trusted_proxy_the_per_ip_cap_counts_the_forwarded_client(
+    post_events: Any, settings: Any
+) -> None:
+    from channels.testing import WebsocketCommunicator
+
+    from config.asgi import application
+    from tests.tracking.test_page import upsert_event
+
+    settings.PORCHLIGHT_WS_MAX_PER_IP = 2
+    settings.PORCHLIGHT_TRUSTED_PROXIES = 1
+    assert post_events({"events": [upsert_event("ORD-WSL-XFF")]}).status_code == 200
+    token = Delivery.objects.get(reference="ORD-WSL-XFF").tracking_token
+
+    async def scenario() -> None:
+        async def open_from(forwarded: str) -> tuple[WebsocketCommunicator, bool]:
+            headers = [(b"origin", b"http://testserver"), (b"x-forwarded-for", forwarded.encode())]
+            communicator = WebsocketCommunicator(application, f"/ws/t/{token}/", headers=headers)
+            connected, _ = await communicator.connect(timeout=5)
+            return communicator, connected
+
+        first = [await open_from("198.51.100.7, 203.0.113.5") for _ in range(2)]
+        assert all(connected for _, connected in first)
+        # The same client behind the proxy, whatever it puts further left: refused.
+        _, connected = await open_from("10.0.0.1, 203.0.113.5")
+        assert not connected
+        other, connected = await open_from("203.0.113.6")  # another client
+        assert connected
+        for communicator, _ in [*first, (other, True)]:
+            await communicator.disconnect()
+        again, connected = await open_from("203.0.113.5")  # their places were given back
+        assert connected
+        await again.disconnect()
+
+    async_to_sync(scenario)()
