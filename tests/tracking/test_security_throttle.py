@@ -3,14 +3,20 @@ slowing a customer who refreshes a real link (issue #7 point 3, RELIABILITY T2).
 
 from __future__ import annotations
 
+import shlex
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import pytest
 from django.core.cache import cache
 from django.test import Client, RequestFactory
 from django.utils import timezone
 
 from config.middleware import client_ip
+from tests.processes import ROOT, free_port, port_open
 from tests.tracking.test_page import make_delivery, page_url
 
 pytestmark = pytest.mark.django_db
@@ -106,3 +112,53 @@ def test_invalid_expired_and_revoked_links_get_identical_answers_on_every_url(cl
             response = getattr(client, method)(f"/t/{token}/{suffix}", {"rating": "5", "instructions": "x"})
             answers.add((response.status_code, len(response.content)))
         assert len(answers) == 1 and answers.pop()[0] == 404, suffix
+
+
+# --- across processes (T2): two daphnes behind one "load balancer", one Redis cache ----------
+
+
+@contextmanager
+def procfile_web(**extra_env: str) -> Iterator[str]:
+    """The Procfile's web command (its daphne flags: no access log with tokens) on a free port."""
+    from tests.services import process, service_env
+
+    line = next(x for x in (ROOT / "Procfile").read_text().splitlines() if x.startswith("web:"))
+    port = free_port()
+    args = shlex.split(
+        line.removeprefix("web:").replace("${PORT:-8000}", str(port)).replace("0.0.0.0", "127.0.0.1")  # noqa: S104
+    )
+    assert args[0] == "daphne"
+    env = service_env(PORCHLIGHT_PUBLIC_URL=f"http://127.0.0.1:{port}", **extra_env)
+    with process(
+        [sys.executable, "-m", *args], env=env, ready=lambda: port_open(port), name=f"daphne-{port}"
+    ):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_two_web_processes_share_one_count_per_client_and_log_no_token() -> None:
+    delivery = make_delivery()
+    env = {"PORCHLIGHT_TRUSTED_PROXIES": "1"}
+    with procfile_web(**env) as first, procfile_web(**env) as second, httpx.Client(timeout=10) as http:
+        client = {"X-Forwarded-For": "203.0.113.9"}
+        answers = [
+            http.get(f"{(first, second)[n % 2]}/t/{'k' * 22}{n:010d}/", headers=client).status_code
+            for n in range(LIMIT)
+        ]
+        assert answers == [404] * LIMIT  # 15 misses on each process, 30 in all
+        for base in (first, second):
+            assert http.get(f"{base}/t/{'k' * 32}/", headers=client).status_code == 429
+            spoofed = {"X-Forwarded-For": "198.51.100.99, 203.0.113.9"}
+            assert http.get(f"{base}/t/{'k' * 32}/", headers=spoofed).status_code == 429
+            other = {"X-Forwarded-For": "203.0.113.10"}
+            assert http.get(f"{base}/t/{'k' * 32}/", headers=other).status_code == 404
+            page = http.get(f"{base}{page_url(delivery)}", headers=client)
+            assert page.status_code == 200 and page.headers["X-Request-ID"]
+    logs = "".join(
+        (ROOT / "var" / f"daphne-{base.rsplit(':', 1)[1]}.log").read_text() for base in (first, second)
+    )
+    assert delivery.tracking_token not in logs and "k" * 22 not in logs
+    assert '"event": "request_finished"' in logs and '"ip": "203.0.113.9"' in logs
