@@ -168,3 +168,11 @@ def test_a_get_is_405(client):
 )
 def test_a_one_line_address_is_split_into_the_contracts_fields(full, line_one, expected):
     assert split_address(full, line_one) == expected
+
+
+def test_a_phone_number_the_intake_would_refuse_is_left_out_and_the_email_kept(client):
+    body = recorded("spoke", "stop_allocated")
+    body["data"]["recipient"]["phone"] = "call the front desk"
+    post(client, body)
+    d = delivery()
+    assert (d.phone, d.email, d.status) == ("", "jorge@example.com", "scheduled")

@@ -16,6 +16,8 @@ from functools import cache
 from typing import Any
 
 import phonenumbers
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_email
 from phonenumbers import timezone as phone_timezones
 from phonenumbers.geodata.locale import LOCALE_DATA
 
@@ -150,6 +152,22 @@ def phone_timezone(phone: str) -> str:
     return zones[0] if len(zones) == 1 and zones[0] != "Etc/Unknown" else ""
 
 
+def _possible_phone(phone: str, country: str) -> bool:
+    try:
+        parsed = phonenumbers.parse(phone, country or None)
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.is_possible_number(parsed)
+
+
+def _valid_email(email: str) -> bool:
+    try:
+        validate_email(email)
+    except ValidationError:
+        return False
+    return True
+
+
 def upsert_data(
     *,
     reference: str,
@@ -167,6 +185,10 @@ def upsert_data(
 ) -> dict[str, Any]:
     """The `data` of a native delivery.upserted; what the provider did not give is left out, so
     that services.fill_known can keep what Porchlight knows, and the intake name the rest."""
+    # A contact the intake would refuse is left out rather than losing the whole delivery:
+    # the other one may be good (and the intake says so if neither is).
+    phone = phone if _possible_phone(phone, country) else ""
+    email = email if _valid_email(email) else ""
     customer: dict[str, Any] = {"name": name or "Customer"}
     if phone:
         customer["phone"] = phone
