@@ -104,5 +104,6 @@ def test_staff_read_a_payload_and_its_results_but_cannot_edit_it(client):
     page = desk.get(f"{CHANGELIST}{payload.pk}/change/")
     assert page.status_code == 200
     assert TASK in page.content.decode()
+    assert f"/admin/tracking/delivery/{Delivery.objects.get().pk}/change/" in page.content.decode()
     assert desk.post(f"{CHANGELIST}{payload.pk}/change/", {"body": "{}"}).status_code == 403
     assert desk.get(f"{CHANGELIST}?q={TASK}").status_code == 200

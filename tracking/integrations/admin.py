@@ -8,11 +8,13 @@ from typing import Any
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from tracking.integrations.services import provider_payloads_replay
-from tracking.models import PayloadOutcome, ProviderPayload
+from tracking.models import Delivery, PayloadOutcome, ProviderPayload
 
 
 @admin.register(ProviderPayload)
@@ -26,7 +28,7 @@ class ProviderPayloadAdmin(admin.ModelAdmin):
     actions = ("replay",)
     # Read-only: what the provider sent is evidence; a replay is the one way to act on it.
     readonly_fields = (
-        "provider", "key", "kind", "reference", "outcome", "error", "results", "received_at",
+        "provider", "key", "kind", "reference", "delivery", "outcome", "error", "results", "received_at",
         "times_received", "replayed_at", "replays", "body",
     )  # fmt: skip
 
@@ -42,6 +44,14 @@ class ProviderPayloadAdmin(admin.ModelAdmin):
     def has_replay_permission(self, request: HttpRequest) -> bool:
         # A replay changes deliveries, so it takes the change permission, not just view.
         return request.user.has_perm("tracking.change_providerpayload")
+
+    @admin.display(description=_("delivery"))
+    def delivery(self, obj: ProviderPayload) -> str:
+        delivery = Delivery.objects.filter(reference=obj.reference).only("pk", "reference").first()
+        if delivery is None:
+            return "-"
+        url = reverse("admin:tracking_delivery_change", args=[delivery.pk])
+        return format_html('<a href="{}">{}</a>', url, delivery.reference)
 
     @admin.action(description=_("Replay: map again and apply"), permissions=["replay"])
     def replay(self, request: HttpRequest, queryset: QuerySet[ProviderPayload]) -> None:
