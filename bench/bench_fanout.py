@@ -336,7 +336,7 @@ def main() -> None:
     results: dict[tuple[str, int], list[dict[str, float]]] = {}
     pings = iter(range(1, 10**6))
     with fresh_database("fanout") as db_url:
-        env = server_env(database_url=db_url, CHANNEL_LAYER_PREFIX=PREFIX)
+        env = server_env(database_url=db_url, CHANNEL_LAYER_PREFIX=PREFIX, PORCHLIGHT_WS_MAX_PER_IP="0")
         bare_port = free_port()
         with (
             daphnes(SERVERS, env=env, name="fanout") as ours,
