@@ -34,6 +34,7 @@ pytestmark = [
     pytest.mark.postgres,
     pytest.mark.redis,
     pytest.mark.slow,
+    pytest.mark.chaos,
 ]
 
 VIEWERS, DELIVERIES = 200, 20
