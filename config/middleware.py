@@ -12,12 +12,13 @@ from typing import Any
 
 import csp.middleware
 import structlog
+from csp.constants import HEADER
+from csp.utils import build_policy
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.middleware import csrf
-from django_structlog.middlewares import RequestMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +67,18 @@ REQUEST_ID_SHAPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{7,127}")
 REQUEST_ID_HEADER = "X-Request-ID"
 
 
+access_log = structlog.get_logger("porchlight.request")
+
+
 class RequestIdMiddleware:
-    """Every request gets an id, bound to its log lines and returned as X-Request-ID.
+    """Every request gets an id, bound to every log line written while it is served, returned as
+    X-Request-ID, and one `request_finished` line (status, method and path without token or
+    query string, client address).
 
     An id from the load balancer is kept only when it looks like one (8-128 letters, digits,
     `.`, `_`, `:` or `-`): anything else, a log-injection attempt or 10 kB of junk, is replaced.
+    A lean stand-in for django-structlog's RequestMiddleware, which costs about 0.4 ms a request
+    here (two log records, the request's headers rebuilt, signals) against about 0.1 ms for this.
     """
 
     def __init__(self, get_response: GetResponse) -> None:
@@ -79,11 +87,19 @@ class RequestIdMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         upstream = request.META.get("HTTP_X_REQUEST_ID", "")
         request_id = upstream if REQUEST_ID_SHAPE.fullmatch(upstream) else str(uuid.uuid4())
-        # django-structlog (DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID) binds it from here.
-        request.META["HTTP_X_REQUEST_ID"] = request_id
-        response = self.get_response(request)
-        response[REQUEST_ID_HEADER] = request_id
-        return response
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id, ip=client_ip(request))
+        try:
+            response = self.get_response(request)
+            response[REQUEST_ID_HEADER] = request_id
+            access_log.info(
+                "request_finished",
+                code=response.status_code,
+                request=f"{request.method} {loggable_path(request)}",
+            )
+            return response
+        finally:
+            structlog.contextvars.clear_contextvars()
 
 
 TOKEN_IN_PATH = re.compile(r"^/t/[^/]+/")
@@ -110,28 +126,45 @@ class RedactTokensFilter(logging.Filter):
         return True
 
 
-class RequestLogMiddleware(RequestMiddleware):
-    """django-structlog's request_started/request_finished, without tokens or query strings, and
-    with the same client address as the throttle."""
-
-    @staticmethod
-    def format_request(request: HttpRequest) -> str:
-        return f"{request.method} {loggable_path(request)}"
-
-    @classmethod
-    def bind_ip(cls, request: HttpRequest) -> None:
-        structlog.contextvars.bind_contextvars(ip=client_ip(request))
-
-
 # --- Content-Security-Policy ---------------------------------------------------------------
 class CSPMiddleware(csp.middleware.CSPMiddleware):
     """django-csp, with the script nonce in every policy: django-csp adds it only once a template
     read request.csp_nonce, and none does (no inline script anywhere), but a policy that names
-    a nonce keeps browsers from running any inline script even if 'unsafe-inline' crept in."""
+    a nonce keeps browsers from running any inline script even if 'unsafe-inline' crept in.
+
+    The policy is built once per process with a placeholder for the nonce (django-csp builds it
+    again for every response, a quarter of a millisecond); a view that changes it with
+    django-csp's decorators still gets django-csp's own path."""
+
+    _PLACEHOLDER = "porchlight-csp-nonce"
+    _policy: str | None = None
 
     def process_request(self, request: HttpRequest) -> None:
         super().process_request(request)
         str(request.csp_nonce)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _unusual_settings() -> bool:
+        """What the fast path does not do: a report-only policy, excluded URL prefixes."""
+        policy = getattr(settings, "CONTENT_SECURITY_POLICY", None) or {}
+        return bool(
+            getattr(settings, "CONTENT_SECURITY_POLICY_REPORT_ONLY", None)
+            or policy.get("EXCLUDE_URL_PREFIXES")
+        )
+
+    def process_response(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        customised = any(
+            getattr(response, name, None) is not None
+            for name in ("_csp_config", "_csp_update", "_csp_replace", "_csp_exempt")
+        )
+        if customised or HEADER in response or settings.DEBUG or self._unusual_settings():
+            return super().process_response(request, response)  # type: ignore[no-any-return]
+        if CSPMiddleware._policy is None:
+            CSPMiddleware._policy = build_policy(nonce=self._PLACEHOLDER)
+        response[HEADER] = CSPMiddleware._policy.replace(self._PLACEHOLDER, request._csp_nonce)  # type: ignore[attr-defined]
+        # As django-csp does: past this point a template can no longer add the nonce.
+        request.csp_nonce = csp.middleware.CheckableLazyObject(self._csp_nonce_post_response)  # type: ignore[attr-defined]
+        return response
 
 
 # --- the customer's token URLs (/t/<token>/...) ----------------------------------------------

@@ -73,7 +73,6 @@ INSTALLED_APPS = [
     "anymail",
     "csp",
     "axes",
-    "django_structlog",
     "tracking",
     "notifications",
     "scheduling",
@@ -85,7 +84,6 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # A request id for every log line of the request, returned as X-Request-ID.
     "config.middleware.RequestIdMiddleware",
-    "config.middleware.RequestLogMiddleware",
     "config.middleware.CSPMiddleware",
     # The headers of every page under a customer's link /t/<token>/ (no-referrer, no-store...).
     "config.middleware.TokenUrlHeadersMiddleware",
@@ -264,8 +262,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024  # the intake's 1 MiB body limit
 
 # --- logs: structured (JSON) in production, readable in DEBUG, a request id on each line ------
 # structlog renders every record, ours and the libraries' (stdlib logging goes through the same
-# formatter), with the request id bound by config.middleware.RequestIdMiddleware. Nothing logs
-# raw payloads, tokens or secrets: see docs/operations.md.
+# formatter), with the request id bound by config.middleware.RequestIdMiddleware (which also
+# writes one request_finished line per request). Nothing logs raw payloads, tokens or secrets:
+# see docs/operations.md.
 _log_chain: list[structlog.typing.Processor] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
@@ -300,6 +299,7 @@ LOGGING = {
 }
 structlog.configure(
     processors=[
+        structlog.stdlib.filter_by_level,  # a DEBUG line costs nothing at INFO
         *_log_chain,
         structlog.processors.StackInfoRenderer(),
         structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
@@ -308,11 +308,6 @@ structlog.configure(
     wrapper_class=structlog.stdlib.BoundLogger,
     cache_logger_on_first_use=True,
 )
-# django-structlog's request_started/request_finished lines; the id comes from
-# RequestIdMiddleware, which only passes on an upstream X-Request-ID that looks sane.
-DJANGO_STRUCTLOG_TRUST_UPSTREAM_REQUEST_ID = True
-DJANGO_STRUCTLOG_STATUS_START_LOG_LEVEL = 10  # DEBUG: one INFO line per request is enough
-DJANGO_STRUCTLOG_USER_ID_FIELD = "pk"
 
 # --- websockets: limits of the tracking socket (h5-sockets; docs/scaling.md) ---------------
 # Open tracking sockets per client IP, across all web processes when the cache is Redis (one
