@@ -40,11 +40,12 @@ logger = logging.getLogger(__name__)
 MAX_FIELD_TERM = 254
 # Past this, a search is refused outright (a pasted page, not something a caller said).
 MAX_TERM = 2000
-MIN_PARTIAL = 3
 MAX_WORDS = 6
 MAX_NOTE = 2000
 NONCE_SHAPE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _URL_TOKEN = re.compile(r"/t/([A-Za-z0-9_-]{22,64})(?:[/?#]|$)")
+# What a trigram index can use: three letters or digits in a row.
+_ALNUM_RUN = re.compile(r"[^\W_]{3}")
 _PHONE_TEXT = re.compile(r"\+?[\d\s().\-/]+")
 _CONTROL = dict.fromkeys([*range(0x20), 0x7F], " ")
 # Letters NFKD leaves alone that PostgreSQL's unaccent rules fold (names seen in the field).
@@ -168,11 +169,13 @@ def search_plan(*, text: str) -> SearchPlan:
 
 
 def _partial(text: str) -> Q | None:
-    if len(text) < MIN_PARTIAL:
+    # Without three letters or digits in a row ("%' OR 1=1", "--", "ab") the trigram indexes
+    # cannot narrow anything: no partial search rather than a scan of every delivery.
+    if not _ALNUM_RUN.search(text):
         return None
     condition = Q(reference__icontains=text)
-    words = text.split()[:MAX_WORDS]
-    if "@" not in text and any(len(word) >= MIN_PARTIAL for word in words):
+    words = [word for word in text.split()[:MAX_WORDS] if any(c.isalnum() for c in word)]
+    if "@" not in text and any(_ALNUM_RUN.search(word) for word in words):
         name = Q()
         for word in words:
             # Folded on the database's side too, so that both sides fold the same way.

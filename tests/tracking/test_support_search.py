@@ -130,6 +130,10 @@ def test_hostile_search_text_never_gives_a_5xx_nor_a_wrong_match(agent: Client, 
     if "\x00" in term:
         # Django's search form refuses NUL: no search at all, the whole list, never "exact".
         assert b"data-search-outcome" not in response.content
+    elif term == "María 😀 Peña":
+        # The emoji is no part of any name: the words that are find her, as a partial match.
+        assert list(response.context["cl"].result_list) == [maria]
+        assert b'data-search-outcome="partial"' in response.content
     else:
         assert maria not in response.context["cl"].result_list, term
 
@@ -212,3 +216,17 @@ def test_the_list_runs_a_constant_number_of_queries_for_1_or_50_deliveries(agent
     add(49)
     fifty = queries(agent, params)
     assert one == fifty, (params, one, fifty)
+
+
+def test_the_list_has_a_date_hierarchy_and_search_results_skip_it(agent: Client, maria) -> None:
+    assert b'class="toplinks"' in agent.get(CHANGELIST).content
+    assert b'class="toplinks"' not in agent.get(CHANGELIST, {"q": "ORD-10045"}).content
+
+
+def test_the_zone_filter_lists_the_zones_deliveries_have(agent: Client, maria) -> None:
+    make_delivery(zone_code="laredo-north")
+    make_delivery(zone_code="")
+    choices = agent.get(CHANGELIST).content.decode()
+    assert "?zone_code=laredo-central" in choices and "?zone_code=laredo-north" in choices
+    assert "(no zone)" in choices
+    assert found(agent, "", zone_code="laredo-north")[0].zone_code == "laredo-north"

@@ -21,8 +21,14 @@ POSTGRES_FORWARD = [
     "USING gin (upper(reference::text) gin_trgm_ops)",
     "CREATE INDEX IF NOT EXISTS delivery_reference_upper ON tracking_delivery (upper(reference::text))",
     "CREATE INDEX IF NOT EXISTS delivery_email_upper ON tracking_delivery (upper(email::text))",
+    # The list's default order and its date hierarchy's first step (min/max), without a sort
+    # or a scan of the whole table.
+    "CREATE INDEX IF NOT EXISTS delivery_updated_recent ON tracking_delivery (updated_at DESC)",
+    "CREATE INDEX IF NOT EXISTS delivery_window_start ON tracking_delivery (window_start)",
 ]
 POSTGRES_BACKWARD = [
+    "DROP INDEX IF EXISTS delivery_window_start",
+    "DROP INDEX IF EXISTS delivery_updated_recent",
     "DROP INDEX IF EXISTS delivery_email_upper",
     "DROP INDEX IF EXISTS delivery_reference_upper",
     "DROP INDEX IF EXISTS delivery_search_reference",
