@@ -88,3 +88,41 @@ def test_the_deploy_checks_pass_with_production_settings():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+def test_the_security_privacy_and_log_settings_come_from_the_environment():
+    show = (
+        "import json, django; django.setup(); from django.conf import settings as s; "
+        "import logging; f = logging.getLogger().handlers[0].formatter; "
+        "print(json.dumps({'proxies': s.PORCHLIGHT_TRUSTED_PROXIES, 'img': s.CONTENT_SECURITY_POLICY"
+        "['DIRECTIVES']['img-src'], 'axes': s.AXES_FAILURE_LIMIT, 'cooloff': s.AXES_COOLOFF_TIME.seconds,"
+        " 'pings': s.PORCHLIGHT_RETENTION_PING_DAYS, 'personal': s.PORCHLIGHT_RETENTION_PERSONAL_DAYS,"
+        " 'beat': s.CELERY_BEAT_SCHEDULE['privacy-retention']['task'],"
+        " 'renderer': type(f.processors[-1]).__name__}))"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith((*CONFIG_NAMES, "MAP_TILE_URL"))}
+    clean.update(
+        DJANGO_SETTINGS_MODULE="config.settings",
+        DJANGO_SECRET_KEY="k",
+        PORCHLIGHT_TRUSTED_PROXIES="2",
+        MAP_TILE_URL="https://{s}.tiles.example.com/{z}/{x}/{y}.png",
+        PORCHLIGHT_ADMIN_LOGIN_FAILURES="7",
+        PORCHLIGHT_ADMIN_LOCKOUT_MINUTES="30",
+        PORCHLIGHT_RETENTION_PING_DAYS="3",
+        PORCHLIGHT_RETENTION_PERSONAL_DAYS="60",
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", show], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout.splitlines()[-1])
+    assert shown == {
+        "proxies": 2,
+        "img": ["'self'", "data:", "https://*.tiles.example.com"],
+        "axes": 7,
+        "cooloff": 1800,
+        "pings": 3,
+        "personal": 60,
+        "beat": "tracking.tasks.retention_run",
+        "renderer": "JSONRenderer",  # debug off: one JSON object per line
+    }
