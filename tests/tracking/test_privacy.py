@@ -308,3 +308,23 @@ def test_erase_asks_before_it_erases(monkeypatch: Any) -> None:
     with pytest.raises(CommandError, match="nothing erased"):
         run("erase", "--phone", PHONE)
     assert Delivery.objects.get().customer_name == "Ana García"
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_beat_job_runs_on_a_real_worker() -> None:
+    from tests.services import celery_worker, wait_for
+
+    old = finished_delivery(100)
+    driver = make_driver()
+    LocationPing.objects.create(driver=driver, lat=1, lon=1, recorded_at=days_ago(30), received_at=NOW)
+    with celery_worker():
+        tasks.retention_run.delay()  # what beat publishes every PORCHLIGHT_RETENTION_INTERVAL
+        wait_for(
+            lambda: Delivery.objects.get(pk=old.pk).customer_name == "" and not LocationPing.objects.exists(),
+            timeout=30,
+            what="the retention job on the worker",
+        )
+    assert Notification.objects.get(delivery=old).body == ""
