@@ -6,6 +6,11 @@ enough to be on the map. Interleaved rounds: the bare view, the page (no cookie,
 visit), the page again with its ETag (a revisit: 304), and the snapshot partial.
 Goal (issue 3): the page at least 0.5x the bare view.
 
+Then the same two requests served by gunicorn (WSGI, config/wsgi.py) beside it, for issue #7's
+"serve pages from gunicorn, websockets from daphne": one gunicorn worker against one daphne
+process (the same number of processes, so of cores it may use), gthread with one thread per
+client connection so that keep-alive works as it does with daphne. docs/scaling.md has figures.
+
 Knobs (environment): BENCH_ROUNDS (3), BENCH_SECONDS (4), BENCH_CONCURRENCY (8), BENCH_CLIENT.
 """
 
@@ -13,7 +18,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,12 +33,15 @@ from bench.common import (
     daphnes,
     describe,
     event_request,
+    free_port,
     fresh_database,
     interleave,
     load,
     median,
+    port_open,
     post,
     print_table,
+    process,
     ratios,
     redis_flush,
     require,
@@ -89,26 +101,43 @@ def _etag(base: str, path: str) -> str:
         return str(response.headers["ETag"])
 
 
+@contextmanager
+def gunicorn(env: dict[str, str]) -> Iterator[list[str]]:
+    """One gunicorn worker serving config.wsgi (gthread, a thread per client connection)."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "gunicorn", "config.wsgi:application", "-b", f"127.0.0.1:{port}",
+        "-w", "1", "-k", "gthread", "--threads", str(CONCURRENCY), "--keep-alive", "30",
+        "--log-level", "warning",
+    ]  # fmt: skip
+    with process(command, env=env, name=f"gunicorn-{port}", ready=lambda: port_open(port)):
+        yield [f"http://127.0.0.1:{port}"]
+
+
 def main() -> None:
     require(postgres=True, redis=True)
     redis_flush()
-    with fresh_database("page") as db_url, daphnes(1, env=server_env(database_url=db_url)) as urls:
-        page = _seed(urls[0])
-        etag = _etag(urls[0], page)
-        n = 200_000  # more than a run can send: the duration ends it
+    with_gunicorn = shutil.which("gunicorn", path=os.path.dirname(sys.executable)) is not None
+    with fresh_database("page") as db_url:
+        env = server_env(database_url=db_url)
+        with daphnes(1, env=env) as urls, gunicorn(env) if with_gunicorn else _none() as wsgi:
+            page = _seed(urls[0])
+            etag = _etag(urls[0], page)
+            n = 200_000  # more than a run can send: the duration ends it
 
-        def run(requests: list[Request]) -> Any:
-            return lambda _round: load(urls, requests, concurrency=CONCURRENCY, duration=SECONDS)
+            def run(requests: list[Request], target: list[str] = urls) -> Any:
+                return lambda _round: load(target, requests, concurrency=CONCURRENCY, duration=SECONDS)
 
-        results: dict[str, list[LoadResult]] = interleave(
-            {
+            variants = {
                 "bare": run([Request("GET", "/bench/hello")] * n),
                 "page": run([Request("GET", page)] * n),
                 "page304": run([Request("GET", page, {"If-None-Match": etag})] * n),
                 "state": run([Request("GET", page + "state/")] * n),
-            },
-            rounds=ROUNDS,
-        )
+            }
+            if wsgi:
+                variants["wsgi-bare"] = run([Request("GET", "/bench/hello")] * n, wsgi)
+                variants["wsgi-page"] = run([Request("GET", page)] * n, wsgi)
+            results: dict[str, list[LoadResult]] = interleave(variants, rounds=ROUNDS)
     bare = [r.rps for r in results["bare"]]
     rows = [Row("bare Django view", median(bare), "req/s", detail=describe(results["bare"]))]
     for name, label, goal in (
@@ -130,11 +159,25 @@ def main() -> None:
             )
         )
     rows.append(Row("tracking page p99", median([r.p(99) for r in results["page"]]), "ms"))
+    if "wsgi-page" in results:
+        for name, label, daphne_name in (
+            ("wsgi-bare", "gunicorn: bare Django view", "bare"),
+            ("wsgi-page", "gunicorn: tracking page, first visit", "page"),
+        ):
+            rps = [r.rps for r in results[name]]
+            rows.append(Row(label, median(rps), "req/s", detail=describe(results[name])))
+            rows.append(Row("  vs daphne", median(ratios(rps, [r.rps for r in results[daphne_name]])), "x"))
+        rows.append(Row("gunicorn: tracking page p99", median([r.p(99) for r in results["wsgi-page"]]), "ms"))
     print_table(
         f"Tracking page ({CONCURRENCY} connections, {SECONDS:g} s x {ROUNDS} rounds, "
         f"{TIMELINE} timeline rows)",
         rows,
     )
+
+
+@contextmanager
+def _none() -> Iterator[list[str]]:
+    yield []
 
 
 if __name__ == "__main__":
