@@ -157,11 +157,12 @@ class CSPMiddleware(csp.middleware.CSPMiddleware):
             getattr(response, name, None) is not None
             for name in ("_csp_config", "_csp_update", "_csp_replace", "_csp_exempt")
         )
-        if customised or HEADER in response or settings.DEBUG or self._unusual_settings():
+        nonce = getattr(request, "_csp_nonce", None)
+        if customised or nonce is None or HEADER in response or settings.DEBUG or self._unusual_settings():
             return super().process_response(request, response)  # type: ignore[no-any-return]
         if CSPMiddleware._policy is None:
             CSPMiddleware._policy = build_policy(nonce=self._PLACEHOLDER)
-        response[HEADER] = CSPMiddleware._policy.replace(self._PLACEHOLDER, request._csp_nonce)  # type: ignore[attr-defined]
+        response[HEADER] = CSPMiddleware._policy.replace(self._PLACEHOLDER, nonce)
         # As django-csp does: past this point a template can no longer add the nonce.
         request.csp_nonce = csp.middleware.CheckableLazyObject(self._csp_nonce_post_response)  # type: ignore[attr-defined]
         return response
