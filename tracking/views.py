@@ -12,7 +12,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 from django import forms
@@ -62,13 +62,17 @@ MISS_WINDOW = settings.PORCHLIGHT_TOKEN_MISS_WINDOW
 DESTINATION_DECIMALS = 3  # about 100 m: the map shows the neighbourhood, not the door
 
 
-def customer_headers(response: HttpResponseBase) -> HttpResponseBase:
+Response = TypeVar("Response", bound=HttpResponseBase)
+
+
+def customer_headers(response: Response) -> Response:
     """The headers of every page a customer reaches through their link (this one, slots...):
     `Referrer-Policy: no-referrer` (the token is in the URL), `Cache-Control: private,
     no-store`, nosniff, noindex, no framing. The Content-Security-Policy comes from django-csp
     (settings.CONTENT_SECURITY_POLICY). config.middleware.TokenUrlHeadersMiddleware also sets
     them on every response under /t/, whichever view or error page answered."""
-    return token_url_headers(response)
+    token_url_headers(response)
+    return response
 
 
 def _secured(response: HttpResponse) -> HttpResponse:
