@@ -70,8 +70,8 @@ class SocketWriter:
         return self.protocol.factory.prepareMessage(text.encode())
 
     def write_prepared(self, prepared: Any) -> bool:
-        """Write a prepared message; False if the socket is closed or was over capacity."""
-        if not self.open or not _within_bound(self.protocol, len(prepared.payloadHybi), self.limit):
+        """Write a prepared message to an open socket; False if that made it over capacity."""
+        if not _within_bound(self.protocol, len(prepared.payloadHybi), self.limit):
             return False
         self.protocol.sendPreparedMessage(prepared)
         return True

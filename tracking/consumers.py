@@ -203,14 +203,14 @@ class _DriverHub:
             if not consumer.takes_position(message):
                 continue
             writer = consumer.writer
-            if writer is None:
+            if writer is None or not writer.open:
                 others.append(consumer)
                 continue
             if prepared is None:
                 prepared = writer.prepare(message["text"])
             if not writer.write_prepared(prepared):
-                consumer.closed = True  # closed or over capacity; disconnect() cleans up
-        for consumer in others:  # not under daphne (tests): one ASGI send each
+                consumer.closed = True  # over capacity: aborted; disconnect() cleans up
+        for consumer in others:  # not under daphne (tests), or not open: one ASGI send each
             await consumer.send_position(message)
 
 
