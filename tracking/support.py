@@ -4,7 +4,8 @@ Search: one box takes a reference (any case), a phone number in any common forma
 through `phonenumbers`), an e-mail (any case), a name without case or accents, or a tracking
 token or whole tracking URL. Exact matches (reference, phone, e-mail, token) win: when there
 is one, only exact matches are listed, so a partial match is never shown as the answer.
-Partial matches (a reference or a name containing the words) need three characters.
+Partial matches (a reference containing the text, when it has a digit; a name containing every
+word, when it has letters) need three letters or digits in a row.
 
 Actions: each takes the delivery's row lock, checks that what the agent saw is still true
 (the slot, the token) and is audited with who and when: a SupportAction row, or for slots
@@ -173,15 +174,19 @@ def _partial(text: str) -> Q | None:
     # cannot narrow anything: no partial search rather than a scan of every delivery.
     if not _ALNUM_RUN.search(text):
         return None
-    condition = Q(reference__icontains=text)
-    words = [word for word in text.split()[:MAX_WORDS] if any(c.isalnum() for c in word)]
+    conditions = []
+    # A part of a reference has a digit in it; a name has letters: each index is read only
+    # when the text can be that (reading one for nothing costs as much as a hit).
+    if any(c.isdigit() for c in text):
+        conditions.append(Q(reference__icontains=text))
+    words = [word for word in text.split()[:MAX_WORDS] if any(c.isalpha() for c in word)]
     if "@" not in text and any(_ALNUM_RUN.search(word) for word in words):
         name = Q()
         for word in words:
             # Folded on the database's side too, so that both sides fold the same way.
             name &= Q(name_folded__contains=Fold(Value(word)))
-        condition |= name
-    return condition
+        conditions.append(name)
+    return _any(conditions)
 
 
 def _any(conditions: Any) -> Q | None:

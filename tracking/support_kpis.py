@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 from django.db.models import Avg, Count, Exists, F, OuterRef, Q, QuerySet
 from django.db.models.functions import TruncDate
@@ -79,8 +80,8 @@ def _bounds(first: date, last: date) -> tuple[datetime, datetime]:
     )
 
 
-def _per_day(queryset: QuerySet[object], field: str, **aggregates: object) -> dict[date, dict[str, object]]:
-    rows = queryset.annotate(day=TruncDate(field, tzinfo=UTC)).values("day").annotate(**aggregates)  # type: ignore[attr-defined]
+def _per_day(queryset: QuerySet[Any], field: str, **aggregates: Any) -> dict[date, dict[str, Any]]:
+    rows = queryset.annotate(day=TruncDate(field, tzinfo=UTC)).values("day").annotate(**aggregates)
     return {row["day"]: row for row in rows}
 
 
@@ -129,15 +130,15 @@ def support_kpis(*, first: date, last: date) -> list[Kpi]:
         Delivery.objects.filter(created_at__gte=start, created_at__lt=end), "created_at", n=Count("pk")
     )
 
-    def ratio(source: dict[date, dict[str, object]], top: str, bottom: str, scale: float = 100.0) -> _Series:
+    def ratio(source: dict[date, dict[str, Any]], top: str, bottom: str, scale: float = 100.0) -> _Series:
         return _Series(
             {day: (float(row[top]), float(row[bottom])) for day, row in source.items()},
-            scale,  # type: ignore[arg-type]
+            scale,
         )
 
-    def cross(top: dict[date, dict[str, object]], bottom: dict[date, dict[str, object]]) -> _Series:
+    def cross(top: dict[date, dict[str, Any]], bottom: dict[date, dict[str, Any]]) -> _Series:
         days_ = set(top) | set(bottom)
-        pairs = {d: (float(top.get(d, {}).get("n", 0)), float(bottom.get(d, {}).get("n", 0))) for d in days_}  # type: ignore[arg-type]
+        pairs = {d: (float(top.get(d, {}).get("n", 0)), float(bottom.get(d, {}).get("n", 0))) for d in days_}
         return _Series(pairs, 100.0)
 
     mean_rating = _Series(
@@ -145,7 +146,7 @@ def support_kpis(*, first: date, last: date) -> list[Kpi]:
             day: (float(row["mean"]) * float(row["rated"]), float(row["rated"]))
             for day, row in ratings.items()
         },
-        1.0,  # type: ignore[arg-type]
+        1.0,
     )
     return [
         ratio(finished, "on_time", "windowed").kpi(
