@@ -8,10 +8,10 @@ ORM (accented names from a small pool, so that a full name matches a few dozen r
 surname thousands) and one message each, ANALYZEs, logs a Support agent in and GETs
 /admin/tracking/delivery/?q=... with Django's test client, which runs the whole stack of
 middleware and the admin view. The reference, interleaved in the same run, is the list with no
-search; each search is reported as ms (median and worst of the rounds' p95) and as a ratio to
-it, with its query count.
+search; each search is reported in ms (median; the median and the worst of the rounds' p95),
+as a ratio to it, and with its query count. The goal (< 300 ms) is on the median p95.
 
-Knobs (environment): BENCH_DELIVERIES (100000), BENCH_ROUNDS (3), BENCH_REQUESTS (15 per
+Knobs (environment): BENCH_DELIVERIES (100000), BENCH_ROUNDS (3), BENCH_REQUESTS (30 per
 search per round).
 """
 
@@ -35,7 +35,7 @@ from bench.common import (
 
 DELIVERIES = int(os.environ.get("BENCH_DELIVERIES", "100000"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
-REQUESTS = int(os.environ.get("BENCH_REQUESTS", "15"))
+REQUESTS = int(os.environ.get("BENCH_REQUESTS", "30"))
 GOAL_MS = 300.0
 
 # The searches, each as an agent would type it, from the delivery in the middle of the table.
@@ -91,12 +91,15 @@ def _report(results: dict[str, dict[str, list[float] | int]]) -> None:
     for name, result in results.items():
         rounds: list[list[float]] = result["rounds"]  # type: ignore[assignment]
         medians = [median(times) for times in rounds]
-        p95 = max(percentile(times, 95) for times in rounds)
+        # Median over the rounds of each round's p95 (PERFORMANCE.md: medians of rounds, as one
+        # stall of this shared machine is not the search's doing); the worst round is shown too.
+        p95s = [percentile(times, 95) for times in rounds]
+        p95, worst = median(p95s), max(p95s)
         ratio = median([m / b if b else 0.0 for m, b in zip(medians, base_medians, strict=True)])
         errors = int(result["errors"])  # type: ignore[arg-type]
         detail = (
-            f"p95 {p95:.0f} ms, {ratio:.2f}x the list, {result['queries']} queries, "
-            f"{result['found']} found, errors {errors}"
+            f"p95 {p95:.0f} ms (worst round {worst:.0f}), {ratio:.2f}x the list, "
+            f"{result['queries']} queries, {result['found']} found, errors {errors}"
         )
         if name == BASELINE:  # the reference, not a search
             rows.append(Row(name, median(medians), "ms", detail=detail))
@@ -105,7 +108,7 @@ def _report(results: dict[str, dict[str, list[float] | int]]) -> None:
             rows.append(Row(name, median(medians), "ms", f"< {GOAL_MS:.0f} ms", met, detail))
     print_table(
         f"Support search through the admin changelist ({DELIVERIES:,} deliveries, PostgreSQL, "
-        f"{ROUNDS} rounds x {REQUESTS} requests, interleaved; goal on each round's p95)",
+        f"{ROUNDS} rounds x {REQUESTS} requests, interleaved; goal on the median of the rounds' p95)",
         rows,
     )
 
