@@ -4,13 +4,12 @@ The client has nothing to say: a frame that is too large or comes too often clos
 (1009 / 1008); under daphne a frame over 64 KiB is refused as its header arrives
 (config/wsserver.py). An unknown, malformed, revoked or expired token is refused before accept,
 as is a token that already has too many sockets open in this process, and a client IP that
-already has PORCHLIGHT_WS_MAX_PER_IP sockets open across all processes (counted in the cache).
+already has PORCHLIGHT_WS_MAX_PER_IP sockets open across all processes (tracking/socket_limits.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 import weakref
@@ -22,11 +21,10 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.core.cache import cache
 from django.http import HttpRequest
 
 from config.middleware import client_ip
-from tracking import live
+from tracking import live, socket_limits
 from tracking.customer import delivery_for_token, delivery_language
 
 logger = logging.getLogger(__name__)
@@ -42,8 +40,6 @@ CLOSE_TOO_BIG = 1009
 
 # How often each process checks that its channel layer delivers (and notices it came back).
 PROBE_INTERVAL = 2.0
-# A count that a killed process never gave back fades after this long without a new socket.
-IP_COUNT_TTL = 3600
 # What config/wsserver.py puts in a daphne socket's scope: synchronous, bounded writes.
 WRITER_EXTENSION = "porchlight.socket"
 
@@ -58,39 +54,6 @@ def _client_ip(scope: dict[str, Any]) -> str:
         if name == b"x-forwarded-for":
             request.META["HTTP_X_FORWARDED_FOR"] = value.decode("latin-1")
     return client_ip(request)
-
-
-def _ip_key(ip: str) -> str:
-    return "ws-ip:" + hashlib.sha256(ip.encode()).hexdigest()[:32]
-
-
-def _ip_claim(ip: str) -> bool:
-    """Count one more socket for this client IP; False (and nothing counted) if it is at the cap."""
-    limit = settings.PORCHLIGHT_WS_MAX_PER_IP
-    if not ip or limit <= 0:
-        return True
-    key = _ip_key(ip)
-    try:
-        cache.add(key, 0, IP_COUNT_TTL)
-        count = cache.incr(key)
-        cache.touch(key, IP_COUNT_TTL)
-        if count > limit:
-            cache.decr(key)
-            return False
-    except Exception:  # a cache outage must not take the live page down: fail open
-        logger.warning("could not count a socket for its IP", exc_info=True)
-    return True
-
-
-def _ip_release(ip: str) -> None:
-    key = _ip_key(ip)
-    try:
-        if cache.decr(key) <= 0:
-            cache.delete(key)
-    except ValueError:  # expired meanwhile
-        pass
-    except Exception:
-        logger.warning("could not release a socket's IP count", exc_info=True)
 
 
 class _DriverHub:
@@ -168,6 +131,7 @@ class _DriverHub:
         reachable = True
         while True:
             await asyncio.sleep(PROBE_INTERVAL)
+            await _heartbeat()  # the per-IP socket counts of a live process stay counted
             self.probe.clear()
             try:
                 await asyncio.wait_for(self.layer.send(self.channel, {"type": "hub.probe"}), PROBE_INTERVAL)
@@ -229,7 +193,7 @@ def _hub(layer: Any) -> _DriverHub:
 def _load(token: str, requested_language: str | None, ip: str) -> tuple[int, str, dict[str, Any]] | None:
     """The delivery's state for a new socket, or None to refuse it (unknown token, IP at its cap)."""
     delivery = delivery_for_token(token=token)
-    if delivery is None or not _ip_claim(ip):
+    if delivery is None or not socket_limits.ip_claim(ip=ip):
         return None
     return delivery.pk, delivery_language(delivery, requested_language), live.delivery_state(delivery)
 
@@ -240,7 +204,8 @@ def _state(token: str) -> dict[str, Any] | None:
     return live.delivery_state(delivery) if delivery is not None else None
 
 
-_release_ip = sync_to_async(_ip_release, thread_sensitive=False)
+_release_ip = sync_to_async(socket_limits.ip_release, thread_sensitive=False)
+_heartbeat = sync_to_async(socket_limits.heartbeat_send, thread_sensitive=False)
 
 
 class TrackingConsumer(AsyncWebsocketConsumer):
@@ -287,7 +252,7 @@ class TrackingConsumer(AsyncWebsocketConsumer):
             if _open_per_token[self.token] <= 0:
                 del _open_per_token[self.token]
             if self.client_ip and settings.PORCHLIGHT_WS_MAX_PER_IP > 0:
-                await _release_ip(self.client_ip)
+                await _release_ip(ip=self.client_ip)
         if self.delivery_group:
             await self.channel_layer.group_discard(self.delivery_group, self.channel_name)
         await self._follow_driver(None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import struct
 import time
 from contextlib import ExitStack
@@ -20,7 +21,7 @@ from channels.layers import get_channel_layer
 from tests.scale.support import Server, daphne_server, raise_open_files, seed_live
 from tests.services import wait_for
 from tests.tracking.test_consumer import SESSION_PREFIX, layer, messages, open_socket  # noqa: F401
-from tracking import live
+from tracking import live, socket_limits
 from tracking.models import Delivery
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -179,6 +180,16 @@ def test_the_per_ip_cap_on_open_sockets_holds_across_two_daphne_processes() -> N
                 return None  # the close may not have been counted yet
 
         assert wait_for(reopen, timeout=5, interval=0.1, what="a place freed by a close")
+        with pytest.raises(InvalidStatus):
+            connect(f"{two.ws}/ws/t/{tokens[4]}/", origin=two.url)  # type: ignore[arg-type]
+
+        # A process killed with its sockets open never gives its counts back: they stop
+        # counting once it no longer says it is alive.
+        os.kill(one.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        limit = socket_limits.ALIVE_SECONDS + 5
+        assert wait_for(reopen, timeout=limit, interval=0.2, what="the dead process's places")
+        assert time.monotonic() - killed > 1  # not at once: its last heartbeat was still valid
 
 
 def test_behind_a_trusted_proxy_the_per_ip_cap_counts_the_forwarded_client(
