@@ -4,8 +4,8 @@ Search: one box takes a reference (any case), a phone number in any common forma
 through `phonenumbers`), an e-mail (any case), a name without case or accents, or a tracking
 token or whole tracking URL. Exact matches (reference, phone, e-mail, token) win: when there
 is one, only exact matches are listed, so a partial match is never shown as the answer.
-Partial matches (a reference containing the text, when it has a digit; a name containing every
-word, when it has letters) need three letters or digits in a row.
+Partial matches (a reference containing the text, when it has a digit or a sign such as "-"; a
+name containing every word, when it has letters) need three letters or digits in a row.
 
 Actions: each takes the delivery's row lock, checks that what the agent saw is still true
 (the slot, the token) and is audited with who and when: a SupportAction row, or for slots
@@ -47,6 +47,7 @@ NONCE_SHAPE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _URL_TOKEN = re.compile(r"/t/([A-Za-z0-9_-]{22,64})(?:[/?#]|$)")
 # What a trigram index can use: three letters or digits in a row.
 _ALNUM_RUN = re.compile(r"[^\W_]{3}")
+_REFERENCE_HINT = re.compile(r"\d|[^\w\s]|_")
 _PHONE_TEXT = re.compile(r"\+?[\d\s().\-/]+")
 _CONTROL = dict.fromkeys([*range(0x20), 0x7F], " ")
 # Letters NFKD leaves alone that PostgreSQL's unaccent rules fold (names seen in the field).
@@ -175,9 +176,10 @@ def _partial(text: str) -> Q | None:
     if not _ALNUM_RUN.search(text):
         return None
     conditions = []
-    # A part of a reference has a digit in it; a name has letters: each index is read only
-    # when the text can be that (reading one for nothing costs as much as a hit).
-    if any(c.isdigit() for c in text):
+    # A part of a reference has a digit or a sign ("10045", "ORD-FIND"); a name has letters:
+    # each index is read only when the text can be that (reading one for nothing costs as
+    # much as a hit).
+    if _REFERENCE_HINT.search(text):
         conditions.append(Q(reference__icontains=text))
     words = [word for word in text.split()[:MAX_WORDS] if any(c.isalpha() for c in word)]
     if "@" not in text and any(_ALNUM_RUN.search(word) for word in words):
