@@ -9,18 +9,21 @@ Three phases, one run:
 - pages alone: page views with no socket open and no ping (the page baseline);
 - pushes alone: sockets and pings, no page views (the push baseline);
 - everything: sockets, pings and page views together, for BENCH_LOAD_SECONDS (60).
+In both socket phases BENCH_LOAD_STALLED (50) of the sockets are viewers that never read (S2):
+they complete the handshake and never read a byte again; the others' figures must not suffer.
 Reported: error rate (pages that were not 2xx, intake batches that failed, sockets that did not
 open, positions that never arrived), page p99 and push p99 (from the ping's `recorded_at`,
 stamped as it is sent, to its arrival on a socket), absolute and against their baselines.
 
 Knobs (environment): BENCH_LOAD_SOCKETS (2000), BENCH_LOAD_DRIVERS (200), BENCH_LOAD_SECONDS
-(60), BENCH_LOAD_BASELINE_SECONDS (20), BENCH_LOAD_PAGE_RATE (40 req/s).
+(60), BENCH_LOAD_BASELINE_SECONDS (20), BENCH_LOAD_PAGE_RATE (40 req/s), BENCH_LOAD_STALLED (50).
 Sub-command used internally: `client <spec> <out>` (the socket fleet, its own process).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import resource
@@ -34,6 +37,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 SOCKETS = int(os.environ.get("BENCH_LOAD_SOCKETS", "2000"))
@@ -41,6 +45,7 @@ DRIVERS = int(os.environ.get("BENCH_LOAD_DRIVERS", "200"))
 SECONDS = float(os.environ.get("BENCH_LOAD_SECONDS", "60"))
 BASELINE_SECONDS = float(os.environ.get("BENCH_LOAD_BASELINE_SECONDS", "20"))
 PAGE_RATE = float(os.environ.get("BENCH_LOAD_PAGE_RATE", "40"))
+STALLED = int(os.environ.get("BENCH_LOAD_STALLED", "50"))
 SERVERS = 2
 
 _SEED = """
@@ -86,7 +91,31 @@ async def _fleet(spec: dict[str, Any], out: Path) -> None:
                 await asyncio.sleep(0.5 * (attempt + 1))
         failed += 1
 
-    await asyncio.gather(*(open_one(url, origin) for url, origin in spec["targets"]))
+    async def stall(url: str, origin: str) -> None:
+        """A viewer that completes the handshake and never reads again (a frozen tab)."""
+        nonlocal failed
+        parts = urlsplit(url)
+        try:
+            reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+            key = base64.b64encode(os.urandom(16)).decode()
+            writer.write(
+                f"GET {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                f"Origin: {origin}\r\n\r\n".encode()
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            if b" 101 " not in head.split(b"\r\n", 1)[0]:
+                raise OSError(head[:40])
+            stalled.append(writer)  # kept open, never read
+        except Exception:
+            failed += 1
+
+    stalled: list[Any] = []
+    slow = spec["stalled"]
+    await asyncio.gather(
+        *(stall(url, origin) for url, origin in spec["targets"][:slow]),
+        *(open_one(url, origin) for url, origin in spec["targets"][slow:]),
+    )
     arrivals: list[tuple[float, float]] = []
     counts = [0] * len(sockets)
 
@@ -104,7 +133,8 @@ async def _fleet(spec: dict[str, Any], out: Path) -> None:
     while not stop.exists():
         await asyncio.sleep(0.1)
     await asyncio.sleep(2)  # the last pings in flight
-    out.write_text(json.dumps({"arrivals": arrivals, "sockets": len(sockets), "failed": failed}))
+    result = {"arrivals": arrivals, "sockets": len(sockets), "stalled": len(stalled), "failed": failed}
+    out.write_text(json.dumps(result))
     for task in watchers:
         task.cancel()
     await asyncio.gather(*(s.close() for s in sockets), return_exceptions=True)
@@ -115,7 +145,12 @@ def fleet(targets: list[tuple[str, str]]) -> Iterator[Any]:
     """Open the sockets from another process; yields a function that stops it and returns results."""
     with tempfile.TemporaryDirectory(prefix="porchlight-load-") as folder:
         paths = {name: Path(folder) / name for name in ("spec.json", "out.json", "ready", "stop")}
-        spec = {"targets": targets, "ready": str(paths["ready"]), "stop": str(paths["stop"])}
+        spec = {
+            "targets": targets,
+            "ready": str(paths["ready"]),
+            "stop": str(paths["stop"]),
+            "stalled": STALLED,
+        }
         paths["spec.json"].write_text(json.dumps(spec))
         command = [
             sys.executable,
@@ -205,7 +240,11 @@ def _pushes(
     from bench.common import percentile
 
     window = [latency for arrived, latency in results["arrivals"] if since <= arrived - latency < until]
-    expected = sum(SOCKETS // DRIVERS for at, _ in sent if since <= at < until)
+    # Viewers that read: target i follows driver i % DRIVERS, and the first STALLED never read.
+    readers = [0] * DRIVERS
+    for index in range(STALLED, SOCKETS):
+        readers[index % DRIVERS] += 1
+    expected = sum(readers[n] for at, n in sent if since <= at < until)
     return {
         "p50": percentile(window, 50) * 1000,
         "p99": percentile(window, 99) * 1000,
@@ -219,6 +258,7 @@ def main() -> None:
         Row,
         daphnes,
         fresh_database,
+        log_count,
         manage,
         print_table,
         require,
@@ -262,7 +302,15 @@ def main() -> None:
     dropped = push_busy["expected"] - push_busy["received"]
     page_errors = page_busy.failed / page_busy.sent if page_busy.sent else 1.0
     rows = [
-        Row("sockets open", results["sockets"], "", goal=f"== {SOCKETS}", met=results["sockets"] == SOCKETS),
+        Row(
+            "sockets open (reading + stalled)",
+            results["sockets"] + results["stalled"],
+            "",
+            goal=f"== {SOCKETS}",
+            met=results["sockets"] + results["stalled"] == SOCKETS,
+            detail=f"{results['stalled']} stalled",
+        ),
+        Row("closed as over capacity", log_count("websocket over capacity"), ""),
         Row("page p99, pages alone", page_alone.p(99), "ms", detail=f"{page_alone.sent} requests"),
         Row("page p99, with sockets and pings", page_busy.p(99), "ms", detail=f"{page_busy.sent} requests"),
         Row("  vs pages alone", page_busy.p(99) / page_alone.p(99) if page_alone.p(99) else 0, "x"),
@@ -303,7 +351,8 @@ def main() -> None:
         ),
     ]
     print_table(
-        f"Load held: {SOCKETS} sockets, {DRIVERS} drivers x 1 ping/s, {PAGE_RATE:g} page views/s, "
+        f"Load held: {SOCKETS} sockets ({STALLED} never read), {DRIVERS} drivers x 1 ping/s, "
+        f"{PAGE_RATE:g} page views/s, "
         f"{SERVERS} daphne, {SECONDS:g} s (load average {load_average[0]:.1f})",
         rows,
     )
