@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import itertools
 from datetime import timedelta
 from typing import Any
 
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import Group, Permission, User
 from django.test import Client
 from django.utils import timezone
 
@@ -48,10 +49,24 @@ def make_driver(**fields: Any) -> Driver:
     return Driver.objects.create(**values)
 
 
+def support_group() -> Group:
+    """The group the data migration creates; rebuilt from the migration's own list when a
+    transactional test has flushed the database since (flush keeps no migration data)."""
+    group = Group.objects.filter(name="Support").first()
+    if group is None:
+        migration = importlib.import_module("tracking.migrations.0004_support_desk")
+        group = Group.objects.create(name="Support")
+        for label, codenames in migration.SUPPORT_PERMISSIONS.items():
+            group.permissions.add(
+                *Permission.objects.filter(content_type__app_label=label, codename__in=codenames)
+            )
+    return group
+
+
 def support_user(username: str = "agent") -> User:
-    """A staff member in the "Support" group the data migration creates, and nothing else."""
+    """A staff member in the "Support" group, and nothing else."""
     user = User.objects.create(username=username, is_staff=True)
-    user.groups.add(Group.objects.get(name="Support"))
+    user.groups.add(support_group())
     return user
 
 
