@@ -2,7 +2,7 @@
 view, on PostgreSQL with 100,000 deliveries; each must answer in under 300 ms.
 
 A fresh database is migrated (so the trigram and expression indexes are the product's own).
-A child process (bench/bench_support_child.py: production settings, DEBUG off, embedded Celery
+A child process (bench/support_child.py: production settings, DEBUG off, embedded Celery
 and channels, as the list reads only the database) seeds BENCH_DELIVERIES deliveries with the
 ORM (accented names from a small pool, so that a full name matches a few dozen rows and a
 surname thousands) and one message each, ANALYZEs, logs a Support agent in and GETs
@@ -57,8 +57,8 @@ SEARCHES = {
     "emoji": "\U0001f600\U0001f69a",
 }
 
-CHILD = "bench.bench_support_child"
-BASELINE = "no search (reference)"  # as bench_support_child names it
+CHILD = "bench.support_child"
+BASELINE = "no search (reference)"  # as bench/support_child.py names it
 
 
 def main() -> None:

@@ -3,7 +3,7 @@ settings. Reads {"count", "searches", "rounds", "requests"} as JSON on stdin; pr
 search, the time of every request per round (ms), its query count and how many deliveries it
 finds, as one JSON line (progress goes to stderr).
 
-Not a benchmark module of its own (bench/__main__ runs only bench_*.py files).
+Not a benchmark module of its own: bench/__main__ runs only bench_*.py files.
 """
 
 from __future__ import annotations
