@@ -166,8 +166,18 @@ def search_plan(*, text: str) -> SearchPlan:
         phone = phone_from_search(text)
         if phone:
             exact.append(("phone", Q(phone=phone)))
-    partial = _partial(text) if len(text) <= MAX_FIELD_TERM else None
-    return SearchPlan(_any(q for _, q in exact), partial, tuple(kind for kind, _ in exact))
+    if len(text) > MAX_FIELD_TERM:
+        note = (
+            "No match: longer than any reference, phone, e-mail or name (only a tracking link is looked for)."
+        )
+        return SearchPlan(_any(q for _, q in exact), None, tuple(kind for kind, _ in exact), note=note)
+    partial = _partial(text)
+    note = (
+        ""
+        if partial is not None
+        else "No exact match, and a partial search needs 3 letters or digits in a row."
+    )
+    return SearchPlan(_any(q for _, q in exact), partial, tuple(kind for kind, _ in exact), note=note)
 
 
 def _partial(text: str) -> Q | None:
@@ -218,9 +228,7 @@ def deliveries_search(*, queryset: QuerySet[Delivery], text: str) -> SearchResul
         _fold_ready(queryset.db)
         found = queryset.alias(name_folded=Fold("customer_name")).filter(plan.partial)
         return SearchResult(found, False, "No exact match: these contain the words searched for (partial).")
-    return SearchResult(
-        queryset.none(), False, plan.note or "No exact match, and too short for a partial one."
-    )
+    return SearchResult(queryset.none(), False, plan.note or "No exact match.")
 
 
 # --- actions --------------------------------------------------------------------------------

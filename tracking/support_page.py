@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connection
@@ -186,6 +186,14 @@ def _data(payload: Any) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _utc_clock(value: object) -> str:
+    try:
+        at = datetime.fromisoformat(str(value))
+    except ValueError:
+        return ""
+    return f"{at.astimezone(UTC):%H:%M} UTC" if at.tzinfo else ""
+
+
 def _routing(delivery: Delivery, limit: int) -> list[TimelineItem]:
     rows = InboundEvent.objects.filter(delivery=delivery).order_by("-occurred_at", "-pk")[:limit]
     items = []
@@ -196,7 +204,7 @@ def _routing(delivery: Delivery, limit: int) -> list[TimelineItem]:
             label = Status(value).label if value in Status.values else value
             title, detail = f"Status: {label}", str(data.get("reason") or "")
         elif event.type == "delivery.eta":
-            title = f"ETA {str(data.get('eta', ''))[11:16]}"
+            title = f"ETA {_utc_clock(data.get('eta'))}"
             stops = data.get("stops_before")
             detail = f"{stops} stops before" if stops is not None else ""
         elif event.type == "delivery.upserted":

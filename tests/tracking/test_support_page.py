@@ -149,3 +149,45 @@ def test_the_small_map_places_the_driver_by_bearing_and_keeps_it_in_the_box() ->
 def test_a_missing_or_malformed_delivery_id_is_not_a_5xx(agent: Client) -> None:
     for object_id in ("999999", "abc", "1" * 40, "%00", "-1"):
         assert agent.get(f"/admin/tracking/delivery/{object_id}/change/").status_code in (302, 404)
+
+
+def test_times_are_shown_in_the_customers_time_zone_and_a_bad_zone_is_no_5xx(agent: Client) -> None:
+    from datetime import UTC, datetime
+
+    start = datetime(2026, 12, 1, 20, 0, tzinfo=UTC)  # 14:00 in Laredo (UTC-6)
+    delivery = make_delivery(
+        window_start=start, window_end=start + timedelta(hours=2), timezone="America/Chicago"
+    )
+    html = agent.get(page_url(delivery)).content.decode()
+    assert "Tue 1 Dec 14:00 to 16:00 customer's time (America/Chicago; 20:00 to 22:00 UTC)" in html
+    broken = make_delivery(window_start=start, window_end=start + timedelta(hours=2), timezone="Not/AZone")
+    assert agent.get(page_url(broken)).status_code == 200
+
+
+def test_an_eta_event_reads_as_a_utc_clock_and_a_malformed_one_is_no_5xx(agent: Client) -> None:
+    delivery = make_delivery()
+    now = timezone.now()
+    for n, eta in enumerate(["2026-12-01T14:05:00-06:00", "not a date", None, 12]):
+        InboundEvent.objects.create(
+            event_id=f"evt-eta-{n}",
+            type="delivery.eta",
+            occurred_at=now,
+            reference=delivery.reference,
+            delivery=delivery,
+            payload={"data": {"eta": eta}},
+            result=EventResult.ACCEPTED,
+            received_at=now,
+        )
+    InboundEvent.objects.create(
+        event_id="evt-odd",
+        type="delivery.status",
+        occurred_at=now,
+        reference=delivery.reference,
+        delivery=delivery,
+        payload=["not", "a", "dict"],
+        result=EventResult.REJECTED,
+        received_at=now,
+    )
+    titles = [item.title for item in delivery_timeline(delivery=delivery) if item.source == "routing"]
+    assert "ETA 20:05 UTC" in titles
+    assert agent.get(page_url(delivery)).status_code == 200
