@@ -400,3 +400,8 @@ PORCHLIGHT_SUPPORT_PHONE_REGION = env.str("PORCHLIGHT_SUPPORT_PHONE_REGION", def
 # runs again within the visibility timeout + 5 s (RELIABILITY.md O3), sweeper or not.
 CELERY_BROKER_TRANSPORT_OPTIONS["unacked_restore_interval"] = 5
 CELERY_BROKER_TRANSPORT_OPTIONS["unacked_restore_throttle"] = 1
+
+# --- Publishing after commit (tracking.background) ---------------------------------------------
+# With a broker, Celery publishes run on one thread per process instead of in the request, so a
+# stalled Redis never holds a request; the sweepers hand out whatever such a publish missed.
+PORCHLIGHT_PUBLISH_IN_BACKGROUND = env.bool("PORCHLIGHT_PUBLISH_IN_BACKGROUND", default=True)

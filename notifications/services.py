@@ -35,7 +35,7 @@ from notifications.models import (
     Status,
 )
 from notifications.transports import Transport, TransportError, transport_for
-from tracking import sql
+from tracking import background, sql
 
 if TYPE_CHECKING:
     from tracking.models import Delivery
@@ -141,7 +141,9 @@ def _send_after_commit(ids: list[int]) -> None:
     """One task per chunk of messages: a worker claims and records a chunk in one statement
     each, where one task per message would spend most of its time on round trips."""
     for start in range(0, len(ids), SEND_CHUNK):
-        transaction.on_commit(partial(_publish, ids[start : start + SEND_CHUNK]))
+        # Off the request path: a stalled broker must not hold the request (tracking.background).
+        chunk = ids[start : start + SEND_CHUNK]
+        transaction.on_commit(partial(background.run_soon, partial(_publish, chunk)))
 
 
 def _publish(ids: list[int]) -> None:

@@ -67,6 +67,7 @@ def service_env(**extra: str) -> dict[str, str]:
         "DATABASE_URL": database_url_for_subprocesses(),
         "REDIS_URL": settings.REDIS_URL,
         "PYTHONUNBUFFERED": "1",
+        "PORCHLIGHT_PUBLISH_IN_BACKGROUND": "1",
     }
     env.update(extra)
     return env

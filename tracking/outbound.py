@@ -26,7 +26,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from tracking import signing
+from tracking import background, signing
 from tracking.models import Delivery, OutboundEvent, OutboundStatus
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,8 @@ def _publish_on_commit(pks: list[int]) -> None:
     # the commit would surface as an error for a change that is already saved. The row is
     # committed either way and the sweeper sends it.
     if pks:
-        transaction.on_commit(partial(_publish, pks), robust=True)
+        # Off the request path: a stalled broker must not hold the request (tracking.background).
+        transaction.on_commit(partial(background.run_soon, partial(_publish, pks)), robust=True)
 
 
 def _publish(pks: list[int]) -> None:

@@ -1,0 +1,112 @@
+"""Publishing after commit off the request path (tracking.background): a stalled broker costs
+the intake nothing, and what was published late still goes out."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from notifications import tasks as notification_tasks
+from notifications.models import Notification
+from tests.tracking.intake_events import status, upserted
+from tracking import background
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def with_broker(settings: Any) -> None:
+    """Production's setting (a broker, publishes in the background); `.delay` is patched in
+    each test, so nothing reaches a real broker."""
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    settings.PORCHLIGHT_PUBLISH_IN_BACKGROUND = True
+    settings.NOTIFY_QUIET_HOURS = ""  # messages due now, whatever the hour of the run
+
+
+def test_a_stalled_broker_does_not_hold_the_intake_and_the_publish_happens_once_it_answers(
+    with_broker: None,
+    post_events: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    broker_answers = threading.Event()
+    published: list[list[int]] = []
+
+    def stalled_delay(ids: list[int]) -> None:
+        broker_answers.wait(10)
+        published.append(ids)
+
+    monkeypatch.setattr(notification_tasks.notification_send, "delay", stalled_delay)
+    broker_answers.set()  # the broker is fine while the delivery arrives
+    with django_capture_on_commit_callbacks(execute=True):
+        post_events(upserted("ORD-BG"))
+    assert background.wait_idle()
+    published.clear()
+    broker_answers.clear()  # and stalls from here
+
+    started = time.monotonic()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = post_events(status("ORD-BG", "out_for_delivery", minutes=1))
+    answered_in = time.monotonic() - started
+
+    assert response.status_code == 200
+    assert answered_in < 2, f"the request waited {answered_in:.1f} s for the broker"
+    assert published == []  # still waiting on the broker, and the request is answered
+    broker_answers.set()
+    assert background.wait_idle()
+    queued = set(
+        Notification.objects.filter(delivery__reference="ORD-BG", kind="out_for_delivery").values_list(
+            "pk", flat=True
+        )
+    )
+    assert queued and [set(ids) for ids in published] == [queued]
+
+
+def test_without_a_broker_the_publish_runs_at_once(settings: Any) -> None:
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    ran: list[str] = []
+    background.run_soon(lambda: ran.append(threading.current_thread().name))
+    assert ran == [threading.current_thread().name]
+
+
+def test_a_failing_publish_is_logged_and_the_next_one_still_runs(with_broker: None, caplog: Any) -> None:
+    ran: list[int] = []
+
+    def broken() -> None:
+        raise ConnectionError("broker refused")
+
+    background.run_soon(broken)
+    background.run_soon(lambda: ran.append(1))
+    assert background.wait_idle()
+    assert ran == [1]
+    assert "background publish failed" in caplog.text
+
+
+def test_a_full_queue_drops_the_hint_with_a_warning_instead_of_blocking(
+    with_broker: None, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    monkeypatch.setattr(background, "_calls", queue.Queue(1))
+    monkeypatch.setattr(background, "_thread", None)
+    gate = threading.Event()
+    background.run_soon(lambda: gate.wait(10))  # taken by the thread, which now waits
+    assert _eventually(lambda: background._calls.empty())
+    background.run_soon(lambda: None)  # fills the queue of one
+    started = time.monotonic()
+    background.run_soon(lambda: None)  # dropped, at once
+    assert time.monotonic() - started < 0.5
+    assert "left to the sweepers" in caplog.text
+    gate.set()
+    assert background.wait_idle()
+
+
+def _eventually(condition: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
