@@ -145,3 +145,13 @@ def test_staff_outside_the_group_see_nothing_and_viewers_cannot_act(rows) -> Non
         client.post(action_url(delivery, "note"), {"nonce": support_nonce(), "text": "x"}).status_code == 403
     )
     assert not SupportAction.objects.exists()
+
+
+def test_a_support_agent_may_retry_an_outbound_event_that_gave_up_but_not_edit_it(rows) -> None:
+    agent = logged_in(support_user())
+    failed = rows["outboundevent"]
+    page = agent.get(f"{URLS['outboundevent']}{failed.pk}/change/")
+    assert page.status_code == 200 and b'name="_save"' not in page.content
+    agent.post(URLS["outboundevent"], {"action": "retry_now", "_selected_action": [failed.pk]})
+    failed.refresh_from_db()
+    assert failed.status == "queued"
