@@ -25,7 +25,7 @@ from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
 from notifications.models import Notification
-from tracking.models import Delivery, Driver, InboundEvent, OutboundEvent, OutboundStatus, Status
+from tracking.models import Delivery, Driver, InboundEvent, OutboundEvent, OutboundStatus
 from tracking.outbound import outbound_retry
 from tracking.support import (
     SupportRefused,
@@ -41,6 +41,7 @@ from tracking.support import (
 from tracking.support_kpis import kpi_range, support_kpis
 from tracking.support_page import (
     BAD_MESSAGE_STATUSES,
+    deliveries_failed_since,
     deliveries_late,
     delivery_is_late,
     delivery_zone_codes,
@@ -97,7 +98,7 @@ class FailedAttemptTodayFilter(_YesFilter):
 
     def condition(self, now: datetime) -> Q:
         today = datetime.combine(timezone.localdate(now), time.min, tzinfo=timezone.get_current_timezone())
-        return Q(status=Status.ATTEMPT_FAILED, status_at__gte=today)
+        return deliveries_failed_since(since=today)
 
 
 class UndeliveredMessagesFilter(_YesFilter):

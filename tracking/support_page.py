@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connection
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from notifications.models import Channel, Consent, InboundMessage, Notification
@@ -358,3 +358,18 @@ def delivery_zone_codes(*, limit: int = 200) -> list[str]:
     with connection.cursor() as cursor:
         cursor.execute(query, [limit])
         return [row[0] for row in cursor.fetchall()]
+
+
+def deliveries_failed_since(*, since: datetime) -> Q:
+    """Deliveries with a failed attempt since `since`, even if rescheduled after it: an accepted
+    `attempt_failed` status event (read through the received-at index, a day of slack for
+    events that arrive late), or the status itself."""
+    events = InboundEvent.objects.filter(
+        delivery=OuterRef("pk"),
+        type="delivery.status",
+        result="accepted",
+        payload__data__status=Status.ATTEMPT_FAILED,
+        occurred_at__gte=since,
+        received_at__gte=since - timedelta(days=1),
+    )
+    return Q(Exists(events)) | Q(status=Status.ATTEMPT_FAILED, status_at__gte=since)

@@ -20,7 +20,7 @@ from tests.tracking.support_factories import (
     make_driver,
     support_user,
 )
-from tracking.models import OutboundEvent, OutboundStatus
+from tracking.models import EventResult, InboundEvent, OutboundEvent, OutboundStatus
 
 pytestmark = pytest.mark.django_db
 
@@ -153,6 +153,18 @@ def test_filters_find_late_failed_today_undelivered_messages_and_outbound_that_g
     on_time = make_delivery(eta=now + timedelta(hours=3))
     failed = make_delivery(status="attempt_failed", status_at=now)
     make_delivery(status="attempt_failed", status_at=now - timedelta(days=2))
+    rescheduled = make_delivery(status="scheduled", status_at=now)  # failed this morning, booked again
+    for n, (delivery, at) in enumerate([(rescheduled, now), (late, now - timedelta(days=2))]):
+        InboundEvent.objects.create(
+            event_id=f"evt-failed-{n}",
+            type="delivery.status",
+            reference=delivery.reference,
+            delivery=delivery,
+            payload={"data": {"status": "attempt_failed"}},
+            result=EventResult.ACCEPTED,
+            received_at=at,
+            occurred_at=at,
+        )
     Notification.objects.create(
         delivery=on_time,
         channel="sms",
@@ -173,10 +185,10 @@ def test_filters_find_late_failed_today_undelivered_messages_and_outbound_that_g
         status=OutboundStatus.FAILED,
     )
     assert found(agent, "", late="yes") == [late]
-    assert found(agent, "", failed_today="yes") == [failed]
+    assert set(found(agent, "", failed_today="yes")) == {failed, rescheduled}
     assert found(agent, "", bad_messages="yes") == [on_time]
     assert found(agent, "", outbound_failed="yes") == [failed]
-    assert len(found(agent, "", zone_code="laredo-central")) == 4
+    assert len(found(agent, "", zone_code="laredo-central")) == 5
 
 
 def queries(client: Client, params: dict[str, str]) -> int:
