@@ -135,6 +135,8 @@ class PostgresCluster:
         return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
 
     def _ctl(self, *args: str) -> None:
+        # fsync off: a throwaway cluster, and `-m immediate` kills the server, not the OS, so what
+        # it wrote is kept either way (what is lost is what it had not written yet).
         options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.folder} -c fsync=off"
         subprocess.run(
             _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options,
