@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -24,9 +25,17 @@ wsserver.install(
     send_buffer_bytes=settings.PORCHLIGHT_WS_SEND_BUFFER_BYTES,
 )
 
-application = ProtocolTypeRouter(
+from tracking import live  # noqa: E402
+
+router = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
     }
 )
+
+
+async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    # Live pushes made from request threads go out on this loop without holding the request.
+    live.remember_server_loop()
+    await router(scope, receive, send)

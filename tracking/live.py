@@ -132,19 +132,31 @@ def driver_ping(driver: Driver) -> dict[str, Any] | None:
     }
 
 
+def publish_batch(*, changes: Sequence[Change], drivers: Sequence[Driver]) -> None:
+    """What one intake batch changed: its deliveries' states, then its drivers' positions, in
+    that order (a page told to stop following a driver hears it before the next ping)."""
+    _send_safely(lambda: _change_sends(changes), lambda: _position_sends(drivers))
+
+
 def publish_changes(*, changes: Sequence[Change]) -> None:
     """Status, ETA, details and proof changes of deliveries, in the order they were applied."""
-    newest: dict[int, Delivery] = {}
-    for change in changes:
-        newest[change.delivery.pk] = change.delivery  # one message per delivery, its final state
-    _send_safely(lambda: [(delivery_group(pk), delivery_state(d)) for pk, d in newest.items()])
+    _send_safely(lambda: _change_sends(changes))
 
 
 def publish_positions(*, drivers: Sequence[Driver]) -> None:
     """Drivers whose newest position moved forward in this batch: one message per driver."""
-    _send_safely(
-        lambda: [(driver_group(d.pk), message) for d in drivers if (message := driver_ping(d)) is not None]
-    )
+    _send_safely(lambda: _position_sends(drivers))
+
+
+def _change_sends(changes: Sequence[Change]) -> list[tuple[str, dict[str, Any]]]:
+    newest: dict[int, Delivery] = {}
+    for change in changes:
+        newest[change.delivery.pk] = change.delivery  # one message per delivery, its final state
+    return [(delivery_group(pk), delivery_state(d)) for pk, d in newest.items()]
+
+
+def _position_sends(drivers: Sequence[Driver]) -> list[tuple[str, dict[str, Any]]]:
+    return [(driver_group(d.pk), message) for d in drivers if (message := driver_ping(d)) is not None]
 
 
 def publish_delivery(*, delivery: Delivery) -> None:
@@ -155,14 +167,52 @@ def publish_delivery(*, delivery: Delivery) -> None:
     _send_safely(lambda: [(delivery_group(delivery.pk), delivery_state(delivery))])
 
 
-def _send_safely(build: Any) -> None:
+# The event loop of the server process (daphne), which owns the channel layer's connections.
+_server_loop: asyncio.AbstractEventLoop | None = None
+
+
+def remember_server_loop() -> None:
+    """Called by the ASGI application (config.asgi) from the server's loop."""
+    global _server_loop
+    _server_loop = asyncio.get_running_loop()
+
+
+def _send_safely(*builds: Any) -> None:
+    """Send each build's messages, one build after the other.
+
+    In a server process, from a request's thread, the sends are handed to the server's loop and
+    not waited for: a slow or stalled Redis costs the request nothing (measured: a ping waited
+    out a 6 s broker pause). Elsewhere (a worker, a command, a test) they run here and now.
+    """
     try:
-        sends = build()
-        if sends:
-            async_to_sync(_send_all)(sends)
+        rounds = [sends for build in builds if (sends := build())]
+        if not rounds:
+            return
+        loop = _server_loop
+        if loop is not None and loop.is_running() and not _running_in(loop):
+            asyncio.run_coroutine_threadsafe(_send_rounds(rounds), loop).add_done_callback(_log_failure)
+        else:
+            async_to_sync(_send_rounds)(rounds)
     except Exception:
         # The pages heal from their snapshot; the caller (the intake) must not fail for this.
         logger.exception("live publish failed")
+
+
+def _running_in(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _log_failure(future: Any) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("live publish failed: %r", future.exception())
+
+
+async def _send_rounds(rounds: list[list[tuple[str, dict[str, Any]]]]) -> None:
+    for sends in rounds:
+        await _send_all(sends)
 
 
 async def _send_all(sends: list[tuple[str, dict[str, Any]]]) -> None:

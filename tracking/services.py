@@ -101,8 +101,7 @@ def _is_retryable(error: OperationalError) -> bool:
 
 def _publisher(batch: _Batch) -> Any:
     def publish() -> None:
-        live.publish_changes(changes=batch.changes)
-        live.publish_positions(drivers=list(batch.moved_drivers.values()))
+        live.publish_batch(changes=batch.changes, drivers=list(batch.moved_drivers.values()))
 
     return publish
 

@@ -2,13 +2,10 @@
 (`CLIENT PAUSE ... WRITE`: connected, answering reads, holding every write and PUBLISH). Real
 daphne, Celery worker, PostgreSQL and a redis-server of our own.
 
-Must show: 0 5xx; the backlog drained within 60 s of the pause's end; every message sent,
-once; p99 under 1 s outside the pause.
-
-NOT met (measured, reported to the lead): W6's "p99 < 1 s throughout". During the pause every
-intake request that publishes waits: a status change about 6 s (the Celery publish at commit,
-socket_timeout 5 s and one retry), a driver ping about 5 s (its live publish alone is bounded
-at 1 s; the rest was not traced); /healthz is not held. The test bounds the wait by the pause.
+Must show: 0 5xx; intake p99 under 1 s throughout, the pause included (the request path never
+publishes inline: Celery publishes run on a background thread, live pushes on the server's
+loop without being waited for; before that, a status change waited ~6 s and a ping ~5 s of a
+6 s pause); the backlog drained within 60 s of the pause's end; every message sent, once.
 
 Scaled for CI: about 20 requests/s (80% driver pings, 20% status changes) for about 16 s, a
 6 s pause instead of 30 s at 200/s for 10 min.
@@ -131,4 +128,4 @@ def test_the_intake_answers_through_a_broker_stall_and_every_message_goes_out_on
         f"slowest during the pause by kind: {by_kind}"
     )
     assert p99_outside < 1.0
-    assert max(during) < PAUSE + 1.0  # held by the stall, never beyond it
+    assert p99_during < 1.0  # the stall holds no request

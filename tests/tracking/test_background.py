@@ -110,3 +110,38 @@ def _eventually(condition: Any, timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+def test_a_live_push_from_a_request_thread_is_handed_to_the_server_loop_without_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As under daphne: the server's loop runs in one thread, a request in another. A push whose
+    channel layer stalls must not hold the request; it goes out once the layer answers."""
+    import asyncio
+
+    from tracking import live
+
+    loop = asyncio.new_event_loop()
+    server = threading.Thread(target=loop.run_forever, daemon=True)
+    server.start()
+    layer_answers = threading.Event()
+    sent: list[list[str]] = []
+
+    async def stalled_send_all(sends: list[tuple[str, dict[str, Any]]]) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, layer_answers.wait, 10)
+        sent.append([group for group, _ in sends])
+
+    monkeypatch.setattr(live, "_send_all", stalled_send_all)
+    monkeypatch.setattr(live, "_server_loop", loop)
+    try:
+        started = time.monotonic()
+        live._send_safely(lambda: [("delivery.1", {"type": "status"})], lambda: [("driver.2", {})])
+        assert time.monotonic() - started < 0.5
+        assert sent == []
+        layer_answers.set()
+        assert _eventually(lambda: len(sent) == 2)
+        assert sent == [["delivery.1"], ["driver.2"]]  # a batch's changes before its positions
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        server.join(5)
+        loop.close()

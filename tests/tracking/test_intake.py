@@ -421,7 +421,6 @@ def test_a_failing_live_push_after_the_commit_does_not_fail_the_request(post_eve
     def broken(**kwargs: Any) -> None:
         raise ConnectionError("channel layer down")
 
-    monkeypatch.setattr(live, "publish_changes", broken)
-    monkeypatch.setattr(live, "publish_positions", broken)
+    monkeypatch.setattr(live, "publish_batch", broken)
     assert one(post_events, upserted("ORD-LIVE"))["result"] == "accepted"
     assert Delivery.objects.filter(reference="ORD-LIVE").exists()
