@@ -233,16 +233,23 @@ def _render(
 
 
 def _cached_get(request: HttpRequest, token: str, template: str) -> HttpResponse:
-    """GET of the page or its snapshot: the rendered page of this version if this process has
-    it, else render it. One small query when nothing changed.
+    """GET of the page or its snapshot: 304 when the client holds this version, else the
+    rendered page of this version if this process has it, else render it. One small query
+    when nothing changed.
 
-    No ETag and no 304: the page is `no-store` (it holds a personal address and a live
-    position), so browsers keep nothing to revalidate."""
+    The page is `no-store` (it holds a personal address and a live position), so browsers keep
+    nothing to revalidate; a client that does keep it (an app's web view, a monitoring probe)
+    and asks with If-None-Match gets 304 (issue 3)."""
     version = page_version(token=token)
     if version is None:
         return _refused(request, throttled=_count_miss(request) > MISS_LIMIT)
     language = language_for(version.locale, request.GET.get("lang"))
     key = f"{template}|{language}|{version.key}"
+    etag = _etag(request, key)
+    if etag in request.headers.get("If-None-Match", ""):
+        response = HttpResponse(status=304)
+        response["ETag"] = etag
+        return _secured(response)
     body = _rendered.get(key)
     if body is None:
         delivery = delivery_for_token(token=token)
@@ -258,7 +265,14 @@ def _cached_get(request: HttpRequest, token: str, template: str) -> HttpResponse
     response = HttpResponse(body.replace(CSRF_PLACEHOLDER, get_token(request)))
     response["Content-Language"] = language
     response["Vary"] = "Cookie, HX-Request"
+    response["ETag"] = etag
     return _secured(response)
+
+
+def _etag(request: HttpRequest, key: str) -> str:
+    # The forms carry a CSRF token made from the cookie's secret: a new cookie is a new page.
+    cookie = request.COOKIES.get(settings.CSRF_COOKIE_NAME, "")
+    return '"' + hashlib.sha256(f"{key}|{cookie}".encode()).hexdigest()[:32] + '"'
 
 
 @require_safe

@@ -272,9 +272,24 @@ def test_the_timeline_costs_the_same_queries_whatever_its_length(client: Client,
 def test_the_page_is_never_stored_so_a_revisit_gets_the_current_state(client: Client) -> None:
     delivery = on_the_way()
     first = client.get(page_url(delivery))
-    assert first["Cache-Control"] == "private, no-store" and not first.has_header("ETag")
+    assert first["Cache-Control"] == "private, no-store"
     Delivery.objects.filter(pk=delivery.pk).update(stops_before=0, updated_at=timezone.now())
     assert "You are the next stop" in client.get(page_url(delivery)).content.decode()
+
+
+def test_a_client_that_asks_with_the_etag_gets_304_until_the_delivery_changes(
+    client: Client, django_assert_max_num_queries: Any
+) -> None:
+    delivery = on_the_way()
+    client.get(page_url(delivery))  # the first visit sets the CSRF cookie, which the forms use
+    etag = client.get(page_url(delivery))["ETag"]
+    with django_assert_max_num_queries(2):
+        revisit = client.get(page_url(delivery), headers={"If-None-Match": etag})
+    assert revisit.status_code == 304 and revisit.content == b""
+    assert revisit["Cache-Control"] == "private, no-store" and revisit["Referrer-Policy"] == "no-referrer"
+    Delivery.objects.filter(pk=delivery.pk).update(stops_before=0, updated_at=timezone.now())
+    changed = client.get(page_url(delivery), headers={"If-None-Match": etag})
+    assert changed.status_code == 200 and "You are the next stop" in changed.content.decode()
 
 
 def test_reading_the_page_changes_nothing(client: Client) -> None:
