@@ -63,6 +63,31 @@ def native(
     }
 
 
+class Builder:
+    """What the Onfleet and Spoke builders share: native events named after the provider's key,
+    and the status event (with the driver, where the payload names one)."""
+
+    provider = ""
+
+    def __init__(self, mapped: Mapped, at: datetime) -> None:
+        self.mapped = mapped
+        self.at = at
+
+    def driver(self) -> dict[str, Any] | None:
+        return None
+
+    def add(self, role: str, type: str, data: dict[str, Any], at: datetime | None = None) -> None:
+        self.mapped.events.append(native(self.provider, self.mapped.key, role, type, at or self.at, data))
+
+    def status(self, status: str, reason: str = "", at: datetime | None = None) -> None:
+        data: dict[str, Any] = {"reference": self.mapped.reference, "status": status}
+        if driver := self.driver():
+            data["driver"] = driver
+        if reason:
+            data["reason"] = reason
+        self.add("st", "delivery.status", data, at)
+
+
 def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat()
 

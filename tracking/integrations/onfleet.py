@@ -92,16 +92,14 @@ def map_payload(document: Any) -> Mapped:
     return mapped
 
 
-class _Builder:
+class _Builder(mapping.Builder):
+    provider = PROVIDER
+
     def __init__(self, mapped: Mapped, document: dict[str, Any], task: dict[str, Any], at: datetime) -> None:
-        self.mapped = mapped
+        super().__init__(mapped, at)
         self.document = document
         self.data = obj(document.get("data"))
         self.task = task
-        self.at = at
-
-    def add(self, role: str, type: str, data: dict[str, Any], at: datetime | None = None) -> None:
-        self.mapped.events.append(mapping.native(PROVIDER, self.mapped.key, role, type, at or self.at, data))
 
     def build(self) -> None:
         name = self.mapped.kind
@@ -145,14 +143,6 @@ class _Builder:
         if worker_name := text(worker.get("name"), limit=200):
             driver["name"] = worker_name
         return driver
-
-    def status(self, status: str, reason: str = "", at: datetime | None = None) -> None:
-        data: dict[str, Any] = {"reference": self.mapped.reference, "status": status}
-        if driver := self.driver():
-            data["driver"] = driver
-        if reason:
-            data["reason"] = reason
-        self.add("st", "delivery.status", data, at)
 
     def eta(self, eta: datetime | None) -> None:
         if eta is None:

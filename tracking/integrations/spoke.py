@@ -71,15 +71,13 @@ def map_payload(document: Any) -> Mapped:
     return mapped
 
 
-class _Builder:
-    def __init__(self, mapped: Mapped, stop: dict[str, Any], at: datetime) -> None:
-        self.mapped = mapped
-        self.stop = stop
-        self.at = at
-        self.info = obj(stop.get("deliveryInfo"))
+class _Builder(mapping.Builder):
+    provider = PROVIDER
 
-    def add(self, role: str, type: str, data: dict[str, Any], at: datetime | None = None) -> None:
-        self.mapped.events.append(mapping.native(PROVIDER, self.mapped.key, role, type, at or self.at, data))
+    def __init__(self, mapped: Mapped, stop: dict[str, Any], at: datetime) -> None:
+        super().__init__(mapped, at)
+        self.stop = stop
+        self.info = obj(stop.get("deliveryInfo"))
 
     def build(self) -> None:
         kind = self.mapped.kind
@@ -120,14 +118,6 @@ class _Builder:
         if name:
             driver["name"] = name
         return driver
-
-    def status(self, status: str, reason: str = "", at: datetime | None = None) -> None:
-        data: dict[str, Any] = {"reference": self.mapped.reference, "status": status}
-        if driver := self.driver():
-            data["driver"] = driver
-        if reason:
-            data["reason"] = reason
-        self.add("st", "delivery.status", data, at)
 
     def eta(self, *, stops_before: int | None = None) -> None:
         """`eta` {eta, earliestTime, latestTime} in epoch seconds: the ETA and its window."""
