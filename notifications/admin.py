@@ -27,7 +27,9 @@ class NotificationAdmin(admin.ModelAdmin):
     readonly_fields = ("created_at", "sent_at", "status_at")
     actions = ["send_again"]
 
-    @admin.action(description="Send again (dead or failed messages)")
+    # Only for staff who may change messages: the Support group views them, and resends a
+    # customer's link through its own audited action instead.
+    @admin.action(description="Send again (dead or failed messages)", permissions=["change"])
     def send_again(self, request: HttpRequest, queryset: QuerySet[Notification]) -> None:
         from notifications.tasks import notification_send
 

@@ -54,8 +54,9 @@ def test_a_stalled_broker_does_not_hold_the_intake_and_the_publish_happens_once_
     answered_in = time.monotonic() - started
 
     assert response.status_code == 200
-    assert answered_in < 2, f"the request waited {answered_in:.1f} s for the broker"
-    assert published == []  # still waiting on the broker, and the request is answered
+    # Answered while the broker still holds the publish (it would hold it for 10 s).
+    assert published == []
+    assert answered_in < 5, f"the request waited {answered_in:.1f} s"
     broker_answers.set()
     assert background.wait_idle()
     queued = set(
