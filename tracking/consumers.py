@@ -281,6 +281,12 @@ class TrackingConsumer(AsyncWebsocketConsumer):
             self.position_ts = position_ts
             await self.send(text_data=event["location"])
 
+    async def delivery_token(self, event: dict[str, Any]) -> None:
+        """Staff reissued the link: a socket opened with an older token closes (1008), as its
+        page now answers 404."""
+        if live.token_digest(self.token) != event.get("valid"):
+            await self.close(code=CLOSE_POLICY)
+
     def takes_position(self, event: dict[str, Any]) -> bool:
         """Whether a driver ping from the hub goes to this socket (and, if so, it is now its newest)."""
         # A ping can race the message that ended the privacy window; check it again here.

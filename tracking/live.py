@@ -28,6 +28,7 @@ missed a message recover from the snapshot they fetch on reconnect.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -146,6 +147,18 @@ def publish_changes(*, changes: Sequence[Change]) -> None:
 def publish_positions(*, drivers: Sequence[Driver]) -> None:
     """Drivers whose newest position moved forward in this batch: one message per driver."""
     _send_safely(lambda: _position_sends(drivers))
+
+
+def publish_token_reissued(*, delivery: Delivery) -> None:
+    """The delivery's link was reissued: sockets opened with any other token are closed, as
+    their page now answers 404. Call it after the commit."""
+    message = {"type": "delivery.token", "valid": token_digest(delivery.tracking_token)}
+    _send_safely(lambda: [(delivery_group(delivery.pk), message)])
+
+
+def token_digest(token: str) -> str:
+    # The link itself never travels through Redis.
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _change_sends(changes: Sequence[Change]) -> list[tuple[str, dict[str, Any]]]:

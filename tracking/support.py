@@ -32,6 +32,7 @@ from notifications.models import Channel, Kind, Notification
 from notifications.services import channel_for
 from scheduling.models import BookedBy, Booking
 from scheduling.services import BookingRefused, BookingResult, booking_book
+from tracking import live
 from tracking.customer import TOKEN_SHAPE
 from tracking.models import Delivery, SupportAction, SupportActionKind, new_tracking_token
 
@@ -427,6 +428,7 @@ def tracking_token_reissue(
         delivery.tracking_token = new_tracking_token()
         delivery.token_revoked_at = None
         delivery.save(update_fields=["tracking_token", "token_revoked_at", "updated_at"])
+        transaction.on_commit(lambda: live.publish_token_reissued(delivery=delivery), robust=True)
         action = _record(
             delivery,
             kind=SupportActionKind.TOKEN_REISSUED,

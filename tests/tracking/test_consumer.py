@@ -330,3 +330,36 @@ def test_many_sockets_leaving_at_once_leave_nothing_behind(intake: Any) -> None:
         assert not any(d.tracking_token in consumers._open_per_token for d in deliveries)
 
     run(scenario)
+
+
+def test_a_reissued_link_closes_the_sockets_of_the_old_one_and_keeps_the_new_ones(intake: Any) -> None:
+    from django.contrib.auth.models import User
+
+    from tracking.support import tracking_token_reissue
+
+    def reissue(delivery: Delivery) -> str:
+        agent = User.objects.get_or_create(username="agent-ws", defaults={"is_staff": True})[0]
+        tracking_token_reissue(
+            delivery_id=delivery.pk, user=agent, expected_token=delivery.tracking_token, nonce="n" * 20
+        )
+        return Delivery.objects.get(pk=delivery.pk).tracking_token
+
+    async def scenario() -> None:
+        await intake(upsert_event("ORD-WS-REISSUE"))
+        delivery = await Delivery.objects.aget(reference="ORD-WS-REISSUE")
+        old, _ = await open_socket(delivery.tracking_token)
+        await messages(old)
+        new_token = await sync_to_async(reissue)(delivery)
+        closed = await old.receive_output(timeout=5)
+        assert closed == {"type": "websocket.close", "code": consumers.CLOSE_POLICY}
+        fresh, connected = await open_socket(new_token)
+        assert connected
+        await messages(fresh)
+        await intake(status("ORD-WS-REISSUE", "out_for_delivery", 1))
+        assert "status" in {m["type"] for m in await messages(fresh)}
+        await fresh.disconnect()
+        gone, connected = await open_socket(delivery.tracking_token)
+        assert not connected
+        await gone.disconnect()
+
+    run(scenario)
