@@ -4,18 +4,13 @@ provider's real algorithm. Must show: 0 server errors, every answer one the docu
 
 from __future__ import annotations
 
-import io
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
 import schemathesis
-from django.core.signals import request_finished, request_started
-from django.core.wsgi import get_wsgi_application
-from django.db import close_old_connections
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -24,18 +19,13 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests.fuzz import fuzz_settings, signing_app
 from tests.integrations.conftest import ONFLEET_URL, SPOKE_URL, onfleet_signature, spoke_signature
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or 150)
-FUZZ_SETTINGS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
-)
+FUZZ_SETTINGS = fuzz_settings(EXAMPLES)
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 SIGNERS = {
     ONFLEET_URL: ("HTTP_X_ONFLEET_SIGNATURE", onfleet_signature),
@@ -43,24 +33,14 @@ SIGNERS = {
 }
 
 
-def signing_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-    """Django's WSGI app behind the provider's signer, so that cases reach the mapping."""
-    length = int(environ.get("CONTENT_LENGTH") or 0)
-    body = environ["wsgi.input"].read(length) if length else b""
-    environ["wsgi.input"] = io.BytesIO(body)
-    if signer := SIGNERS.get(environ["PATH_INFO"]):
-        environ[signer[0]] = signer[1](body)
-    # As Django's test client does: the test's transaction holds the connection.
-    request_started.disconnect(close_old_connections)
-    request_finished.disconnect(close_old_connections)
-    try:
-        return list(get_wsgi_application()(environ, start_response))
-    finally:
-        request_started.connect(close_old_connections)
-        request_finished.connect(close_old_connections)
+def _sign(path: str, body: bytes) -> dict[str, str]:
+    """The provider's real signature, so that cases reach the mapping."""
+    if signer := SIGNERS.get(path):
+        return {signer[0]: signer[1](body)}
+    return {}
 
 
-SCHEMA = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", signing_app)
+SCHEMA = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", signing_app(_sign))
 OPERATIONS = [(ONFLEET_URL, "POST"), (SPOKE_URL, "POST"), (ONFLEET_URL, "GET")]
 
 

@@ -4,27 +4,22 @@ document (positive) and data that breaks it (negative), every request signed for
 Must show: 0 server errors, and every response (status, content type, body) is one the
 document describes. A request that breaks the document gets 400, 413 or 415, or 200 with
 per-event results (an invalid event is `rejected`; the contract reads tolerantly, so an
-unknown extra field does not make an event invalid). FUZZ_EXAMPLES sets the cases per mode (2,500 each
-in the production pass, 5,000 in all; 250 each in the embedded pass, which repeats the same code
-on SQLite).
+unknown extra field does not make an event invalid). FUZZ_EXAMPLES sets the cases per mode
+(2,500 each in the production pass, 5,000 in all; 250 each in the embedded pass, which repeats
+the same code on SQLite).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
 import schemathesis
 from django.conf import settings as django_settings
-from django.core.signals import request_finished, request_started
-from django.core.wsgi import get_wsgi_application
-from django.db import close_old_connections
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -34,43 +29,23 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests.fuzz import fuzz_settings, signing_app
 from tracking import signing
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
 ON_POSTGRES = os.environ.get("DATABASE_URL", "").startswith("postgres")
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES") or (2500 if ON_POSTGRES else 250))
-FUZZ_SETTINGS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large],
-)
-
-StartResponse = Callable[..., Any]
+FUZZ_SETTINGS = fuzz_settings(EXAMPLES)
 
 
-def signing_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-    """Django's WSGI app behind a routing backend's signer: whatever body the case carries is
-    signed with the current secret, so the cases reach the parser instead of stopping at 401."""
-    length = int(environ.get("CONTENT_LENGTH") or 0)
-    body = environ["wsgi.input"].read(length) if length else b""
-    environ["wsgi.input"] = io.BytesIO(body)
+def _sign(path: str, body: bytes) -> dict[str, str]:
+    """As the routing backend signs, with the current secret, so that cases reach the parser."""
     secret = django_settings.PORCHLIGHT_ROUTING_SECRETS[0]
-    environ["HTTP_" + signing.HEADER.upper().replace("-", "_")] = signing.sign(secret=secret, body=body)
-    # As Django's test client does: the test's transaction holds the connection, so the
-    # request must not close it (production settings close connections after each request).
-    request_started.disconnect(close_old_connections)
-    request_finished.disconnect(close_old_connections)
-    try:
-        return list(get_wsgi_application()(environ, start_response))
-    finally:
-        request_started.connect(close_old_connections)
-        request_finished.connect(close_old_connections)
+    return {"HTTP_" + signing.HEADER.upper().replace("-", "_"): signing.sign(secret=secret, body=body)}
 
 
-SCHEMA = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", signing_app)
+SCHEMA = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", signing_app(_sign))
 INTAKE = SCHEMA["/api/v1/events"]["POST"]
 # What the document promises of every answer. (Not schemathesis' auth checks: the signer above
 # signs every case, so "accepts invalid authentication" would be a finding about the signer.)
