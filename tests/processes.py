@@ -5,6 +5,8 @@ Standard library only, so `tests.run_all` can use it before Django is set up.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -63,3 +65,24 @@ def running(
             proc.kill()
             proc.wait()
         log.close()
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (a Celery worker's pool), from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL a worker and its pool processes at once, as an OOM killer or a lost node would."""
+    for child in children(pid):
+        os.kill(child, signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)

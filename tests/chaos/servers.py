@@ -264,26 +264,6 @@ def wait_stable(count: Any, *, quiet: float, timeout: float) -> int:
     raise AssertionError(f"still changing after {timeout} s: {value}")
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return sorted(found)
-
-
-def kill_group(pid: int) -> None:
-    """SIGKILL a worker and its pool processes at once, as an OOM killer or a lost node would."""
-    for child in children(pid):
-        os.kill(child, signal.SIGKILL)
-    os.kill(pid, signal.SIGKILL)
-
-
 def worker_log(worker: subprocess.Popen[Any]) -> str:
     """What a tests.services.celery_worker wrote so far (its log is named after its node)."""
     args = [str(arg) for arg in worker.args]  # type: ignore[union-attr]

@@ -12,8 +12,9 @@ import pytest
 from django.utils import timezone
 
 from notifications.models import Notification
-from tests.chaos.servers import intake, kill_group, on_redis, provider_calls, redis_server, wait_stable
+from tests.chaos.servers import intake, on_redis, provider_calls, redis_server, wait_stable
 from tests.notifications.conftest import upsert
+from tests.processes import kill_group
 from tests.services import celery_worker, daphne, wait_for
 
 pytestmark = [

@@ -17,7 +17,6 @@ from notifications.models import Notification
 from notifications.tasks import notifications_sweep
 from tests.chaos.servers import (
     beat_to,
-    children,
     intake,
     on_redis,
     provider_calls,
@@ -26,6 +25,7 @@ from tests.chaos.servers import (
     worker_log,
 )
 from tests.notifications.conftest import upsert
+from tests.processes import children
 from tests.services import celery_worker, daphne, wait_for
 
 pytestmark = [

@@ -4,8 +4,6 @@ record of it (ambiguous), and then once more at most. Bounded (about a minute), 
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,6 +15,7 @@ from notifications import rules, services
 from notifications.models import Notification
 from notifications.tasks import notifications_sweep
 from tests.notifications.conftest import make_delivery
+from tests.processes import kill_group
 from tests.services import celery_worker, fast_beat, wait_for
 
 pytestmark = [
@@ -27,26 +26,6 @@ pytestmark = [
 ]
 
 MESSAGES = 100
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _kill_group(pid: int) -> None:
-    """SIGKILL the worker and its pool processes at once, as an OOM killer or a lost node would."""
-    for child in _children(pid):
-        os.kill(child, signal.SIGKILL)
-    os.kill(pid, signal.SIGKILL)
 
 
 def calls(folder: Path) -> Counter[int]:
@@ -77,7 +56,7 @@ def test_killing_the_worker_mid_send_loses_nothing_and_repeats_only_ambiguous_se
                     timeout=30,
                     what="sends in flight",
                 )
-                _kill_group(worker.pid)
+                kill_group(worker.pid)
                 worker.wait()
                 print(
                     "after kill",
