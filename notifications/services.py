@@ -60,7 +60,10 @@ def notifications_for_changes(*, changes: Sequence[Change]) -> None:
     firings: list[tuple[Delivery, rules.Firing]] = []
     for change in changes:
         pk = change.delivery.pk
-        if change.kind == "eta" and pk not in last_delay:
+        # The last delay message matters only to an ETA that is late at all: most are not,
+        # and they cost no query.
+        late = change.kind == "eta" and rules.is_delayed(change.delivery, last_delay_eta=None)
+        if late and pk not in last_delay:
             last_delay[pk] = _last_delay_eta(pk)
         for firing in rules.firings_for_change(change, last_delay_eta=last_delay.get(pk)):
             if firing.kind == Kind.DELAYED:
