@@ -10,6 +10,7 @@ already has PORCHLIGHT_WS_MAX_PER_IP sockets open across all processes (tracking
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 import weakref
@@ -190,12 +191,14 @@ def _hub(layer: Any) -> _DriverHub:
 
 
 @database_sync_to_async
-def _load(token: str, requested_language: str | None, ip: str) -> tuple[int, str, dict[str, Any]] | None:
-    """The delivery's state for a new socket, or None to refuse it (unknown token, IP at its cap)."""
+def _load(token: str, requested_language: str | None, ip: str) -> tuple[int, str, int | None] | None:
+    """A new socket's delivery, language and the driver it follows (None if it shows no
+    position), or None to refuse it (unknown token, IP at its cap)."""
     delivery = delivery_for_token(token=token)
     if delivery is None or not socket_limits.ip_claim(ip=ip):
         return None
-    return delivery.pk, delivery_language(delivery, requested_language), live.delivery_state(delivery)
+    driver = delivery.driver_id if live.shows_position(delivery) else None
+    return delivery.pk, delivery_language(delivery, requested_language), driver
 
 
 @database_sync_to_async
@@ -236,11 +239,20 @@ class TrackingConsumer(AsyncWebsocketConsumer):
         self.counted = True
         self.client_ip = ip
         self.writer = (self.scope.get("extensions") or {}).get(WRITER_EXTENSION)
-        delivery_id, self.language, state = loaded
+        delivery_id, self.language, driver_id = loaded
         self.delivery_group = live.delivery_group(delivery_id)
         await self.channel_layer.group_add(self.delivery_group, self.channel_name)
         await self.accept()
         await _hub(self.channel_layer).join(self)
+        # Join the groups, then read the state: a change published in between reaches this
+        # socket (twice at worst). Read before joining, it was lost, and a reconnect storm left
+        # pages stale (tests/scale/test_ws_reconnect_storm.py).
+        self.live_position = driver_id is not None
+        await self._follow_driver(driver_id)
+        state = await _state(self.token)
+        if state is None:  # revoked or expired meanwhile
+            await self.close()
+            return
         await self.delivery_state(state)
 
     async def disconnect(self, code: int) -> None:
@@ -284,7 +296,7 @@ class TrackingConsumer(AsyncWebsocketConsumer):
     async def delivery_token(self, event: dict[str, Any]) -> None:
         """Staff reissued the link: a socket opened with an older token closes (1008), as its
         page now answers 404."""
-        if live.token_digest(self.token) != event.get("valid"):
+        if not hmac.compare_digest(live.token_digest(self.token), str(event.get("valid", ""))):
             await self.close(code=CLOSE_POLICY)
 
     def takes_position(self, event: dict[str, Any]) -> bool:
