@@ -41,10 +41,11 @@ class Server:
 
 
 @contextmanager
-def daphne_server(**extra_env: str) -> Iterator[Server]:
-    """One daphne on a free port, like tests.services.daphne, but yielding its pid too."""
+def daphne_server(port: int | None = None, **extra_env: str) -> Iterator[Server]:
+    """One daphne on a free port (or on `port`: a restart on the same address), like
+    tests.services.daphne, but yielding its pid too."""
     (ROOT / "var").mkdir(exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
     env = service_env(PORCHLIGHT_PUBLIC_URL=f"http://127.0.0.1:{port}", **extra_env)
     with process(command, env=env, ready=lambda: port_open(port), name=f"daphne-{port}") as proc:
