@@ -4,6 +4,7 @@ read their memory), seed deliveries over the signed intake, and run fleets of as
 from __future__ import annotations
 
 import json
+import re
 import resource
 import sys
 from collections.abc import Iterator
@@ -112,3 +113,16 @@ def seed_live(base: str, prefix: str, count: int, *, driver: str) -> list[str]:
     rows = Delivery.objects.filter(reference__in=references).values_list("reference", "tracking_token")
     tokens = dict(rows)
     return [tokens[r] for r in references]
+
+
+def page_backoff() -> tuple[float, float]:
+    """BASE and CAP (seconds) of the page's retry(), and a check that the formula ported here
+    is still the script's: if the script changes how it waits, the port must change too."""
+    source = (ROOT / "static" / "js" / "tracking.js").read_text()
+    assert "Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * Math.pow(2, attempts))" in source
+    assert re.search(r"setTimeout\(connect, Math\.random\(\) \* cap\)", source)
+    assert re.search(r"socket\.onopen = function \(\) \{\s*opened = true; attempts = 0;", source)
+    base = re.search(r"BACKOFF_BASE_MS = (\d+)", source)
+    cap = re.search(r"BACKOFF_CAP_MS = (\d+)", source)
+    assert base and cap, "the page's backoff constants were not found"
+    return int(base.group(1)) / 1000, int(cap.group(1)) / 1000

@@ -17,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.scale.support import seed_live
-from tests.scale.test_ws_reconnect_storm import page_backoff
+from tests.scale.support import page_backoff, seed_live
 from tests.services import daphne
 from tests.tracking.test_consumer import SESSION_PREFIX
 from tests.tracking.test_e2e_page import block_tiles

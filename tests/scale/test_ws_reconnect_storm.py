@@ -44,7 +44,6 @@ import asyncio
 import math
 import os
 import random
-import re
 import signal
 import time
 from collections import Counter
@@ -56,8 +55,18 @@ from datetime import datetime
 import pytest
 from asgiref.sync import async_to_sync
 
-from tests.processes import ROOT, free_port
-from tests.scale.support import Server, at, daphne_server, ping, post, raise_open_files, seed_live, status
+from tests.processes import free_port
+from tests.scale.support import (
+    Server,
+    at,
+    daphne_server,
+    page_backoff,
+    ping,
+    post,
+    raise_open_files,
+    seed_live,
+    status,
+)
 from tracking.consumers import MAX_SOCKETS_PER_TOKEN
 from tracking.models import Delivery, Driver
 
@@ -76,20 +85,6 @@ RECONNECT_WITHIN = 35.0
 RESTART_AFTER = float(os.environ.get("S3_RESTART_AFTER", "12"))
 RATIO_BOUND = 4.0  # S3 says 3; see the docstring
 BULK = 0.95
-SCRIPT = ROOT / "static" / "js" / "tracking.js"
-
-
-def page_backoff() -> tuple[float, float]:
-    """BASE and CAP (seconds) of the page's retry(), and a check that the formula ported here
-    is still the script's: if the script changes how it waits, this test must change too."""
-    source = SCRIPT.read_text()
-    assert "Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * Math.pow(2, attempts))" in source
-    assert re.search(r"setTimeout\(connect, Math\.random\(\) \* cap\)", source)
-    assert re.search(r"socket\.onopen = function \(\) \{\s*opened = true; attempts = 0;", source)
-    base = re.search(r"BACKOFF_BASE_MS = (\d+)", source)
-    cap = re.search(r"BACKOFF_CAP_MS = (\d+)", source)
-    assert base and cap, "the page's backoff constants were not found"
-    return int(base.group(1)) / 1000, int(cap.group(1)) / 1000
 
 
 @dataclass
