@@ -10,7 +10,9 @@ Without a broker (embedded mode, eager Celery) the call runs at once, as before.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import queue
 import threading
 import time
@@ -26,6 +28,7 @@ MAX_WAITING = 10_000
 _calls: queue.Queue[Callable[[], None]] = queue.Queue(MAX_WAITING)
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
+_loop: tuple[int, asyncio.AbstractEventLoop, threading.Thread] | None = None
 
 
 def in_background() -> bool:
@@ -76,3 +79,19 @@ def wait_idle(*, timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+def event_loop() -> asyncio.AbstractEventLoop:
+    """An event loop of this process's own, running on a daemon thread.
+
+    For live pushes made where no server loop runs (a WSGI web process, a Celery worker): they go
+    out on it without holding the caller, and the channel layer keeps its Redis connections on
+    one loop instead of opening new ones for a new loop at every push."""
+    global _loop
+    with _lock:
+        if _loop is None or _loop[0] != os.getpid() or not _loop[2].is_alive():
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="porchlight-loop", daemon=True)
+            thread.start()
+            _loop = (os.getpid(), loop, thread)
+        return _loop[1]

@@ -40,6 +40,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import translation
 
+from tracking import background
 from tracking.models import Status
 
 if TYPE_CHECKING:
@@ -48,7 +49,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PUBLISH_TIMEOUT = 1.0
+# A push is no longer waited for by the request (it runs on the server's loop), so it may wait
+# for a busy Redis longer: at 1 s, whole batches of pushes were dropped during a reconnect storm
+# of 2,000 sockets (S3), leaving open pages stale until the next change.
+PUBLISH_TIMEOUT = 5.0
 # Positions go out at ~10 m precision: enough for a map, no more (T3: at most 4 decimals).
 POSITION_DECIMALS = 4
 
@@ -195,13 +199,17 @@ def _send_safely(*builds: Any) -> None:
 
     In a server process, from a request's thread, the sends are handed to the server's loop and
     not waited for: a slow or stalled Redis costs the request nothing (measured: a ping waited
-    out a 6 s broker pause). Elsewhere (a worker, a command, a test) they run here and now.
+    out a 6 s broker pause). Without a server loop (gunicorn, a Celery worker) but with a broker,
+    they go to a loop of the process's own (tracking.background). Elsewhere (embedded mode, a
+    command, an in-process test) they run here and now.
     """
     try:
         rounds = [sends for build in builds if (sends := build())]
         if not rounds:
             return
         loop = _server_loop
+        if (loop is None or not loop.is_running()) and background.in_background():
+            loop = background.event_loop()  # under gunicorn, in a worker: a loop of our own
         if loop is not None and loop.is_running() and not _running_in(loop):
             asyncio.run_coroutine_threadsafe(_send_rounds(rounds), loop).add_done_callback(_log_failure)
         else:

@@ -146,3 +146,30 @@ def test_a_live_push_from_a_request_thread_is_handed_to_the_server_loop_without_
         loop.call_soon_threadsafe(loop.stop)
         server.join(5)
         loop.close()
+
+
+def test_without_a_server_loop_live_pushes_go_to_one_loop_of_the_process_without_waiting(
+    with_broker: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under gunicorn or in a Celery worker: no daphne loop, yet a push must neither hold the
+    caller nor start a new event loop (and new Redis connections) each time."""
+    from tracking import live
+
+    monkeypatch.setattr(live, "_server_loop", None)
+    layer_answers = threading.Event()
+    loops: list[Any] = []
+
+    async def stalled_send_all(sends: list[tuple[str, dict[str, Any]]]) -> None:
+        import asyncio
+
+        loops.append(asyncio.get_running_loop())
+        await asyncio.get_running_loop().run_in_executor(None, layer_answers.wait, 10)
+
+    monkeypatch.setattr(live, "_send_all", stalled_send_all)
+    started = time.monotonic()
+    live._send_safely(lambda: [("delivery.1", {"type": "status"})])
+    live._send_safely(lambda: [("delivery.2", {"type": "status"})])
+    assert time.monotonic() - started < 0.5
+    assert _eventually(lambda: len(loops) == 2)
+    assert loops[0] is loops[1] is background.event_loop()
+    layer_answers.set()
