@@ -243,7 +243,7 @@ def postgres_figures() -> list[Row]:
         Row("ERROR lines in server logs", server_errors, "", "== 0", server_errors == 0,
             f"daphne x{SERVERS}, client {client}"),
         Row("live publish failures logged", publish_failures, "", "== 0", publish_failures == 0,
-            "tracking.live gave up (1 s timeout) or failed"),
+            "tracking.live gave up (its timeout) or failed"),
     ]  # fmt: skip
 
 
