@@ -12,6 +12,7 @@ import pytest
 
 from notifications import tasks as notification_tasks
 from notifications.models import Notification
+from tests.services import wait_for
 from tests.tracking.intake_events import status, upserted
 from tracking import background
 
@@ -94,7 +95,7 @@ def test_a_full_queue_drops_the_hint_with_a_warning_instead_of_blocking(
     monkeypatch.setattr(background, "_thread", None)
     gate = threading.Event()
     background.run_soon(lambda: gate.wait(10))  # taken by the thread, which now waits
-    assert _eventually(lambda: background._calls.empty())
+    wait_for(background._calls.empty, timeout=5, what="the thread to take the first call")
     background.run_soon(lambda: None)  # fills the queue of one
     started = time.monotonic()
     background.run_soon(lambda: None)  # dropped, at once
@@ -102,15 +103,6 @@ def test_a_full_queue_drops_the_hint_with_a_warning_instead_of_blocking(
     assert "left to the sweepers" in caplog.text
     gate.set()
     assert background.wait_idle()
-
-
-def _eventually(condition: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def test_a_live_push_from_a_request_thread_is_handed_to_the_server_loop_without_waiting(
@@ -140,7 +132,7 @@ def test_a_live_push_from_a_request_thread_is_handed_to_the_server_loop_without_
         assert time.monotonic() - started < 0.5
         assert sent == []
         layer_answers.set()
-        assert _eventually(lambda: len(sent) == 2)
+        wait_for(lambda: len(sent) == 2, timeout=5, what="both sends")
         assert sent == [["delivery.1"], ["driver.2"]]  # a batch's changes before its positions
     finally:
         loop.call_soon_threadsafe(loop.stop)
@@ -170,6 +162,6 @@ def test_without_a_server_loop_live_pushes_go_to_one_loop_of_the_process_without
     live._send_safely(lambda: [("delivery.1", {"type": "status"})])
     live._send_safely(lambda: [("delivery.2", {"type": "status"})])
     assert time.monotonic() - started < 0.5
-    assert _eventually(lambda: len(loops) == 2)
+    wait_for(lambda: len(loops) == 2, timeout=5, what="both pushes on a loop")
     assert loops[0] is loops[1] is background.event_loop()
     layer_answers.set()
