@@ -12,7 +12,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from tracking import signing
-from tracking.services import events_ingest
+from tracking.services import events_ingest_together
 
 MAX_BODY = 1024 * 1024
 MAX_EVENTS = 500
@@ -84,7 +84,7 @@ def events_receive(request: HttpRequest) -> HttpResponse:
             "invalid_envelope",
             f'Send one EVENT object, or {{"events": [...]}} with 1 to {MAX_EVENTS} events.',
         )
-    return JsonResponse({"results": events_ingest(raw_events=events)})
+    return JsonResponse({"results": events_ingest_together(raw_events=events)})
 
 
 @require_GET

@@ -33,7 +33,7 @@ def test_the_intake_answers_503_not_500_when_the_database_is_down(
     def unreachable(**kwargs):
         raise OperationalError("connection refused")
 
-    monkeypatch.setattr("tracking.views_api.events_ingest", unreachable)
+    monkeypatch.setattr("tracking.services.events_ingest", unreachable)
     response = post_events(contract_examples["inbound"][0])
     assert response.status_code == 503
     assert response["Retry-After"] == "10"

@@ -18,7 +18,7 @@ import pytest
 from django.conf import settings
 
 from tests.services import daphne
-from tests.tracking.intake_events import next_id, ping, proof, status, upserted
+from tests.tracking.intake_events import eta, next_id, ping, proof, status, upserted
 from tracking import signing
 from tracking.models import Delivery, InboundEvent, LocationPing
 
@@ -111,6 +111,30 @@ def test_duplicate_delivery_storm(server):
     # this box is shared (p95 2-3 s measured at load 17 on 2 cores): the bound only catches a
     # pathology, such as duplicates queueing on a lock; the figure is printed above.
     assert p95 < 10_000
+
+
+def test_concurrent_single_events_share_transactions_and_each_request_gets_its_own_results(server):
+    """Group commit: single events arriving together are applied in shared transactions
+    (one received_at per transaction), and every answer is exactly its own request's."""
+    references = [f"ORD-GC-{n}" for n in range(16)]
+    assert post(server, {"events": [upserted(r) for r in references]}).status_code == 200
+    events = [status(r, "out_for_delivery", driver={"id": "drv_gc"}) for r in references]
+    events += [eta(r, minutes=30) for r in references]
+    events += [ping(f"drv_gc_{n}") for n in range(16)]
+
+    responses = all_at_once([lambda e=e: post(server, e) for e in events])
+
+    assert [getattr(r, "status_code", r) for r in responses] == [200] * len(events)
+    for event, response in zip(events, responses, strict=True):
+        assert response.json()["results"] == [{"id": event["id"], "result": "accepted"}]
+    rows = InboundEvent.objects.filter(event_id__in=[e["id"] for e in events])
+    assert sorted(rows.values_list("result", flat=True)) == ["accepted"] * len(events)
+    assert set(Delivery.objects.filter(reference__in=references).values_list("status", flat=True)) == {
+        "out_for_delivery"
+    }
+    transactions = rows.values("received_at").distinct().count()
+    print(f"\ngroup commit: {len(events)} concurrent requests in {transactions} transactions")
+    assert transactions < len(events)
 
 
 def test_16_concurrent_identical_posts_leave_exactly_one_row_per_event_id(server):
