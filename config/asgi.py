@@ -5,12 +5,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
-# Build the Django app (and so the app registry) before anything imports models.
-django_asgi_app = get_asgi_application()
+# Build the Django app (and so the app registry) before anything imports models; as
+# get_asgi_application() does, with the middleware chain run in one thread (config/handler.py).
+django.setup(set_prefix=False)
+
+from config.handler import SyncChainASGIHandler  # noqa: E402
+
+django_asgi_app = SyncChainASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
