@@ -10,6 +10,7 @@ already has PORCHLIGHT_WS_MAX_PER_IP sockets open across all processes (tracking
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
@@ -26,7 +27,7 @@ from django.http import HttpRequest
 
 from config.middleware import client_ip
 from tracking import live, socket_limits
-from tracking.customer import delivery_for_token, delivery_language
+from tracking.customer import delivery_language, socket_delivery
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ def _hub(layer: Any) -> _DriverHub:
 def _load(token: str, requested_language: str | None, ip: str) -> tuple[int, str, int | None] | None:
     """A new socket's delivery, language and the driver it follows (None if it shows no
     position), or None to refuse it (unknown token, IP at its cap)."""
-    delivery = delivery_for_token(token=token)
+    delivery = socket_delivery(token=token)
     if delivery is None or not socket_limits.ip_claim(ip=ip):
         return None
     driver = delivery.driver_id if live.shows_position(delivery) else None
@@ -203,7 +204,7 @@ def _load(token: str, requested_language: str | None, ip: str) -> tuple[int, str
 
 @database_sync_to_async
 def _state(token: str) -> dict[str, Any] | None:
-    delivery = delivery_for_token(token=token)
+    delivery = socket_delivery(token=token)
     return live.delivery_state(delivery) if delivery is not None else None
 
 

@@ -6,6 +6,7 @@ the intake; the outbox has its own module for the same reason.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,7 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, models, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -111,6 +112,70 @@ def page_version(*, token: str) -> PageVersion | None:
     stamps = [_aware(value) for value in (updated_at, driver_at, proof_at)]
     key = "|".join([str(pk), *(stamp.isoformat() if stamp else "" for stamp in stamps)])
     return PageVersion(delivery_id=pk, locale=locale, key=key)
+
+
+# What a socket reads of its delivery and driver: the privacy rule, the language and the state
+# message (tracking.live.delivery_state), nothing else.
+SOCKET_DELIVERY_FIELDS = {
+    "id", "locale", "status", "status_at", "token_revoked_at", "stops_before", "driver_id", "eta",
+    "eta_window_start", "eta_window_end", "window_start", "window_end",
+}  # fmt: skip
+SOCKET_DRIVER_FIELDS = {"id", "lat", "lon", "heading", "position_recorded_at", "updated_at"}
+
+
+@functools.cache
+def _socket_fields() -> tuple[list[models.Field[Any, Any]], list[models.Field[Any, Any]]]:
+    """The socket's fields of each model, in the models' own order (Model.from_db wants it)."""
+    return (
+        [f for f in Delivery._meta.concrete_fields if f.attname in SOCKET_DELIVERY_FIELDS],
+        [f for f in Driver._meta.concrete_fields if f.attname in SOCKET_DRIVER_FIELDS],
+    )
+
+
+@functools.cache
+def _socket_sql() -> str:
+    q = connection.ops.quote_name
+    delivery_fields, driver_fields = _socket_fields()
+    columns = [f"d.{q(str(f.column))}" for f in delivery_fields]
+    columns += [f"r.{q(str(f.column))}" for f in driver_fields]
+    # Only quoted identifiers are formatted in; the token is a query parameter.
+    return (
+        f"SELECT {', '.join(columns)} FROM {q(Delivery._meta.db_table)} d "  # noqa: S608
+        f"LEFT JOIN {q(Driver._meta.db_table)} r ON r.{q('id')} = d.{q('driver_id')} "
+        f"WHERE d.{q('tracking_token')} = %s"
+    )
+
+
+def socket_delivery(*, token: str) -> Delivery | None:
+    """The delivery (with its driver) behind a usable token, as a socket needs it: the same
+    answer as delivery_for_token, in one query the ORM does not compile.
+
+    A socket's handshake reads its delivery twice (before it is accepted, and after it joined
+    its groups); compiling delivery_for_token's query was most of what a handshake cost, and a
+    fleet reconnecting at once after a restart waits on exactly that. Fields other than these
+    are deferred: reading one costs a query, as with .only().
+    """
+    if not isinstance(token, str) or not TOKEN_SHAPE.fullmatch(token):
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(_socket_sql(), [token])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    delivery_fields, driver_fields = _socket_fields()
+    values = [
+        _aware(value) if isinstance(field, models.DateTimeField) else value
+        for field, value in zip([*delivery_fields, *driver_fields], row, strict=True)
+    ]
+    split = len(delivery_fields)
+    delivery = Delivery.from_db(connection.alias, [f.attname for f in delivery_fields], values[:split])
+    driver = None
+    if delivery.driver_id is not None:
+        driver = Driver.from_db(connection.alias, [f.attname for f in driver_fields], values[split:])
+    Delivery.driver.field.set_cached_value(delivery, driver)  # type: ignore[attr-defined]
+    if not delivery.token_is_usable(now=timezone.now()):
+        return None
+    return delivery
 
 
 def page_version_of(delivery: Delivery) -> str:
