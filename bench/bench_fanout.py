@@ -1,12 +1,14 @@
 """Fan-out: one driver ping to 1,000 and 5,000 open tracking sockets, time until the last has it.
 
 Three servers, measured in the same run and interleaved:
-- ours: the production stack (PostgreSQL, channels-redis pub/sub, 2 daphne processes); the
+- ours: the production stack (PostgreSQL, channels-redis pub/sub, N daphne processes); the
   ping goes in through the signed intake and reaches every eligible viewer (one socket per
   delivery, all deliveries served by that driver and arriving) through ONE group message.
 - R1: a bare `websockets` server that broadcasts a message to every socket it holds.
 - R2: the stock Channels way: one consumer per socket, all in one group, RedisPubSubChannelLayer,
-  the same 2 daphne processes; triggered by one group_send.
+  the same N daphne processes; triggered by one group_send.
+Each is measured with one daphne (like for like with R1, a one-process server, and with the
+issue's own figures) and with two (BENCH_FANOUT_SERVERS, "1,2"); each count has its goal row.
 Goal (issue 3): ours at most 0.5x R2. The clock runs from the trigger (our intake POST, R1's
 control frame, R2's group_send) to the moment the last socket received the message; sockets
 that never got it within the timeout are counted as lost.
@@ -14,7 +16,8 @@ that never got it within the timeout are counted as lost.
 Then, sustained: 500 drivers each pinging once a second (batched every 100 ms into the intake),
 one viewer each, for 30 s: ping-to-socket p99 (goal < 250 ms) and pings dropped (goal 0).
 
-Knobs (environment): BENCH_FANOUT_SOCKETS ("1000,5000"), BENCH_ROUNDS (3), BENCH_FANOUT_TIMEOUT (30),
+Knobs (environment): BENCH_FANOUT_SOCKETS ("1000,5000"), BENCH_FANOUT_SERVERS ("1,2"),
+BENCH_ROUNDS (3), BENCH_FANOUT_TIMEOUT (30),
 BENCH_SUSTAINED_DRIVERS (500), BENCH_SUSTAINED_SECONDS (30; 0 skips it).
 Sub-commands used internally: `client <spec> <out>` (the socket fleet) and `bare <port>` (R1).
 """
@@ -39,7 +42,10 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 TIMEOUT = float(os.environ.get("BENCH_FANOUT_TIMEOUT", "30"))
 PREFIX = f"benchfan{os.getpid()}"
 MARK = 12.3456  # the latitude of the measured ping: what the client fleet waits for
-SERVERS = 2
+# Daphne processes for ours and R2, each count measured in turn. One is like for like with R1
+# (a bare server is one process) and with the issue's figures (R2/R1 = 7.6 at 1,000 sockets);
+# two is the production stack, where R2 spreads its per-socket work over both cores.
+SERVER_COUNTS = [int(n) for n in os.environ.get("BENCH_FANOUT_SERVERS", "1,2").split(",") if n.strip()]
 SUSTAINED_DRIVERS = int(os.environ.get("BENCH_SUSTAINED_DRIVERS", "500"))
 SUSTAINED_SECONDS = float(os.environ.get("BENCH_SUSTAINED_SECONDS", "30"))
 
@@ -304,6 +310,79 @@ def _sustained(base_urls: list[str], env: dict[str, str], db_url: str) -> list[A
     ]
 
 
+NAMES = ("R1 bare websockets", "R2 stock Channels", "ours")
+
+
+def _compare(
+    servers: int,
+    ours: list[str],
+    stock: list[str],
+    tokens: list[str],
+    bare_port: int,
+    pings: Iterator[int],
+    results: dict[tuple[int, str, int], list[dict[str, float]]],
+) -> None:
+    """Every size, ROUNDS rounds of R1, R2 and ours interleaved, with `servers` daphnes each."""
+    from bench.common import REDIS_URL, event_request, post
+
+    def run_ours(size: int) -> dict[str, float]:
+        targets = [
+            (ours[i % servers].replace("http", "ws") + f"/ws/t/{token}/", ours[i % servers])
+            for i, token in enumerate(tokens[:size])
+        ]
+        n = next(pings)
+        # A new position each round: a socket also gets the driver's last one on connect.
+        lat = round(MARK + n / 1000, 4)
+        ping = {
+            "id": f"fan_ping_{servers}_{size}_{n}", "type": "driver.location", "occurred_at": _at(0),
+            "data": {"driver_id": "fan_drv", "lat": lat, "lon": 1.0, "recorded_at": _at(n / 1000)},
+        }  # fmt: skip
+        with fleet(targets, needle=f'"lat": {lat}') as wait:
+            started = time.time()
+            post(ours[0], event_request(ping))
+            return _measure(started, wait(), size)
+
+    def run_bare(size: int) -> dict[str, float]:
+        from websockets.sync.client import connect
+
+        url = f"ws://127.0.0.1:{bare_port}"
+        with (
+            fleet([(f"{url}/s", url)] * size, needle=str(MARK)) as wait,
+            connect(f"{url}/control") as control,
+        ):
+            started = time.time()
+            control.send(json.dumps({"type": "location", "lat": MARK, "lon": 1.0}))
+            return _measure(started, wait(), size)
+
+    def run_stock(size: int) -> dict[str, float]:
+        from channels_redis.pubsub import RedisPubSubChannelLayer
+
+        targets = [
+            (stock[i % servers].replace("http", "ws") + "/ws/stock/", stock[i % servers]) for i in range(size)
+        ]
+        with fleet(targets, needle=str(MARK)) as wait:
+            layer = RedisPubSubChannelLayer(hosts=[REDIS_URL], prefix=PREFIX)
+            message = {"type": "bench.message", "text": json.dumps({"type": "location", "lat": MARK})}
+
+            async def send() -> float:
+                started = time.time()
+                await layer.group_send("stock", message)
+                await layer.flush()
+                return started
+
+            started = asyncio.run(send())
+            return _measure(started, wait(), size)
+
+    for warm_up in (run_bare, run_stock, run_ours):  # first requests, imports, connections
+        warm_up(10)
+    runs = dict(zip(NAMES, (run_bare, run_stock, run_ours), strict=True))
+    for size in SIZES:
+        for _ in range(ROUNDS):
+            for name, run in runs.items():
+                results.setdefault((servers, name, size), []).append(run(size))
+                time.sleep(1)  # let the last fleet's sockets close on the servers
+
+
 def _seed(env: dict[str, str], count: int) -> None:
     """Deliveries that are all arriving with one driver, written directly: the measured ping
     goes through the intake, the set-up does not need to."""
@@ -314,15 +393,12 @@ def _seed(env: dict[str, str], count: int) -> None:
 
 def main() -> None:
     from bench.common import (
-        REDIS_URL,
         Row,
         daphnes,
-        event_request,
         free_port,
         fresh_database,
         median,
         port_open,
-        post,
         print_table,
         process,
         redis_flush,
@@ -333,111 +409,61 @@ def main() -> None:
 
     require(postgres=True, redis=True)
     redis_flush()
-    results: dict[tuple[str, int], list[dict[str, float]]] = {}
+    results: dict[tuple[int, str, int], list[dict[str, float]]] = {}
     pings = iter(range(1, 10**6))
+    sustained: list[Row] = []
     with fresh_database("fanout") as db_url:
         env = server_env(database_url=db_url, CHANNEL_LAYER_PREFIX=PREFIX, PORCHLIGHT_WS_MAX_PER_IP="0")
         bare_port = free_port()
-        with (
-            daphnes(SERVERS, env=env, name="fanout") as ours,
-            daphnes(
-                SERVERS, env=env, app="bench.bench_fanout:stock_application", name="fanout-stock"
-            ) as stock,
-            process(
-                [sys.executable, "-m", "bench.bench_fanout", "bare", str(bare_port)],
-                env=dict(os.environ),
-                name="fanout-bare",
-                ready=lambda: port_open(bare_port),
-            ),
+        with process(
+            [sys.executable, "-m", "bench.bench_fanout", "bare", str(bare_port)],
+            env=dict(os.environ),
+            name="fanout-bare",
+            ready=lambda: port_open(bare_port),
         ):
             _seed(env, max(SIZES))
             tokens = [
                 row[0] for row in sql(db_url, "SELECT tracking_token FROM tracking_delivery ORDER BY id")
             ]
-
-            def run_ours(size: int) -> dict[str, float]:
-                targets = [
-                    (ours[i % SERVERS].replace("http", "ws") + f"/ws/t/{token}/", ours[i % SERVERS])
-                    for i, token in enumerate(tokens[:size])
-                ]
-                n = next(pings)
-                # A new position each round: a socket also gets the driver's last one on connect.
-                lat = round(MARK + n / 1000, 4)
-                ping = {
-                    "id": f"fan_ping_{size}_{n}", "type": "driver.location", "occurred_at": _at(0),
-                    "data": {"driver_id": "fan_drv", "lat": lat, "lon": 1.0, "recorded_at": _at(n / 1000)},
-                }  # fmt: skip
-                with fleet(targets, needle=f'"lat": {lat}') as wait:
-                    started = time.time()
-                    post(ours[0], event_request(ping))
-                    return _measure(started, wait(), size)
-
-            def run_bare(size: int) -> dict[str, float]:
-                from websockets.sync.client import connect
-
-                url = f"ws://127.0.0.1:{bare_port}"
+            for servers in SERVER_COUNTS:
                 with (
-                    fleet([(f"{url}/s", url)] * size, needle=str(MARK)) as wait,
-                    connect(f"{url}/control") as control,
+                    daphnes(servers, env=env, name=f"fanout-{servers}") as ours,
+                    daphnes(
+                        servers,
+                        env=env,
+                        app="bench.bench_fanout:stock_application",
+                        name=f"fanout-stock-{servers}",
+                    ) as stock,
                 ):
-                    started = time.time()
-                    control.send(json.dumps({"type": "location", "lat": MARK, "lon": 1.0}))
-                    return _measure(started, wait(), size)
-
-            def run_stock(size: int) -> dict[str, float]:
-                from channels_redis.pubsub import RedisPubSubChannelLayer
-
-                targets = [
-                    (stock[i % SERVERS].replace("http", "ws") + "/ws/stock/", stock[i % SERVERS])
-                    for i in range(size)
-                ]
-                with fleet(targets, needle=str(MARK)) as wait:
-                    layer = RedisPubSubChannelLayer(hosts=[REDIS_URL], prefix=PREFIX)
-                    message = {"type": "bench.message", "text": json.dumps({"type": "location", "lat": MARK})}
-
-                    async def send() -> float:
-                        started = time.time()
-                        await layer.group_send("stock", message)
-                        await layer.flush()
-                        return started
-
-                    started = asyncio.run(send())
-                    return _measure(started, wait(), size)
-
-            for warm_up in (run_bare, run_stock, run_ours):  # first requests, imports, connections
-                warm_up(10)
-            for size in SIZES:
-                for _ in range(ROUNDS):
-                    for name, run in (
-                        ("R1 bare websockets", run_bare),
-                        ("R2 stock Channels", run_stock),
-                        ("ours", run_ours),
-                    ):
-                        results.setdefault((name, size), []).append(run(size))
-                        time.sleep(1)  # let the last fleet's sockets close on the servers
-
-            sustained = _sustained(ours, env, db_url) if SUSTAINED_SECONDS > 0 else []
+                    _compare(servers, ours, stock, tokens, bare_port, pings, results)
+                    if servers == max(SERVER_COUNTS) and SUSTAINED_SECONDS > 0:
+                        sustained = _sustained(ours, env, db_url)
 
     rows: list[Row] = []
-    for size in SIZES:
-        medians = {
-            name: median([r["last_ms"] for r in results[(name, size)]]) for name, s in results if s == size
-        }
-        for name in ("R1 bare websockets", "R2 stock Channels", "ours"):
-            runs = results[(name, size)]
-            lost = sum(int(r["lost"]) for r in runs)
+    for servers in SERVER_COUNTS:
+        for size in SIZES:
+            medians = {name: median([r["last_ms"] for r in results[(servers, name, size)]]) for name in NAMES}
+            prefix = f"{size} sockets, {servers} daphne"
+            for name in NAMES:
+                runs = results[(servers, name, size)]
+                lost = sum(int(r["lost"]) for r in runs)
+                where = "1 process" if name == "R1 bare websockets" else f"{servers} daphne"
+                rows.append(
+                    Row(f"{size} sockets, {name} ({where})", medians[name], "ms",
+                        detail=f"lost {lost}, {len(runs)} rounds")
+                )  # fmt: skip
+            ratio = medians["ours"] / medians["R2 stock Channels"]
+            lost_ours = sum(int(r["lost"]) for r in results[(servers, "ours", size)])
             rows.append(
-                Row(f"{size} sockets, {name}", medians[name], "ms", detail=f"lost {lost}, {len(runs)} rounds")
+                Row(f"{prefix}: ours vs R2", ratio, "x", goal="<= 0.5x", met=ratio <= 0.5 and not lost_ours)
             )
-        ratio = medians["ours"] / medians["R2 stock Channels"]
-        lost_ours = sum(int(r["lost"]) for r in results[("ours", size)])
-        rows.append(
-            Row(f"{size} sockets, ours vs R2", ratio, "x", goal="<= 0.5x", met=ratio <= 0.5 and not lost_ours)
-        )
-        rows.append(Row(f"{size} sockets, ours vs R1", medians["ours"] / medians["R1 bare websockets"], "x"))
+            rows.append(Row(f"{prefix}: ours vs R1", medians["ours"] / medians["R1 bare websockets"], "x"))
     print_table("Fan-out: one ping to every open socket (time to the last socket)", rows)
     if sustained:
-        print_table("Sustained pings on the production stack (2 daphne, channels-redis pub/sub)", sustained)
+        print_table(
+            f"Sustained pings on the production stack ({max(SERVER_COUNTS)} daphne, channels-redis pub/sub)",
+            sustained,
+        )
 
 
 if __name__ == "__main__":

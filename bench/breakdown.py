@@ -52,8 +52,8 @@ STEPS = {
 
 def measure(label: str, requests: list[list[dict[str, Any]]]) -> None:
     spent.clear()
-    update_many = sql.update_many
-    sql.update_many = timed("sql.update_many (result write-back, driver)", update_many)  # type: ignore[assignment]
+    update_many = sql.update_rows
+    sql.update_rows = timed("sql.update_rows (result write-back, driver)", update_many)  # type: ignore[assignment]
     originals = {}
     for name, (module, attribute) in STEPS.items():
         originals[name] = getattr(module, attribute)
@@ -64,7 +64,7 @@ def measure(label: str, requests: list[list[dict[str, Any]]]) -> None:
             services.events_ingest(raw_events=events)
         total = time.perf_counter() - started
     finally:
-        sql.update_many = update_many  # type: ignore[assignment]
+        sql.update_rows = update_many  # type: ignore[assignment]
         for name, (module, attribute) in STEPS.items():
             setattr(module, attribute, originals[name])
     n = len(requests)
@@ -82,7 +82,7 @@ def measure(label: str, requests: list[list[dict[str, Any]]]) -> None:
     print(
         f"  {1000 * rest / n:8.2f} ms  {100 * rest / total:5.1f}%  the rest: result write-back, COMMIT, glue"
     )
-    print("  (sql.update_many is counted again inside _apply_pings / the rest)")
+    print("  (sql.update_rows is counted again inside _apply_pings / the rest)")
 
 
 def main() -> None:

@@ -65,6 +65,8 @@ MARKERS = {
 
 VARIANTS = {
     "product": {},
+    "no group commit": {"BENCH_VARIANT": "alone"},
+    "Django's ASGI handler": {"BENCH_VARIANT": "stockhandler"},
     "no live publish": {"BENCH_VARIANT": "nolive"},
     "no notifications": {"BENCH_VARIANT": "nonotify"},
     "no middleware": {"DJANGO_SETTINGS_MODULE": "bench.settings_nomiddleware"},

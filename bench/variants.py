@@ -2,7 +2,9 @@
 to measure what that part costs per request. Never used by the product or by `make bench`.
 
 BENCH_VARIANT, comma-separated: `nolive` (no live publish after commit), `nonotify` (no
-notification rows or tasks). Middleware off is a settings module: bench.settings_nomiddleware.
+notification rows or tasks), `alone` (no group commit: each request its own transaction),
+`stockhandler` (Django's ASGIHandler instead of config/handler.py's one-thread chain).
+Middleware off is a settings module: bench.settings_nomiddleware.
 """
 
 from __future__ import annotations
@@ -29,5 +31,24 @@ if "nonotify" in VARIANT:
         return None
 
     tracking.services.notifications_for_changes = _no_notifications  # type: ignore[assignment]
+
+if "alone" in VARIANT:
+    import tracking.services
+
+    def _alone(events: Any) -> Any:
+        return tracking.services.events_ingest(raw_events=events)
+
+    tracking.services._together.submit = _alone  # type: ignore[method-assign]
+
+if "stockhandler" in VARIANT:
+    from channels.routing import ProtocolTypeRouter
+    from django.core.handlers.asgi import ASGIHandler
+
+    import config.asgi
+
+    # Django's own handler: each middleware in async mode where it can be (config/handler.py).
+    config.asgi.router = ProtocolTypeRouter(
+        {"http": ASGIHandler(), "websocket": config.asgi.router.application_mapping["websocket"]}
+    )
 
 __all__ = ["application"]
