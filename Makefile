@@ -11,7 +11,7 @@ DEMO_ENV := DJANGO_DEBUG=1 PORCHLIGHT_PUBLIC_URL=$${PORCHLIGHT_PUBLIC_URL:-http:
 # Simulated seconds per real second: 10 plays the demo's hour-long day in about six minutes.
 SPEED ?= 10
 
-.PHONY: run test bench lint worker beat migrate demo clean
+.PHONY: run test chaos bench lint worker beat migrate demo clean
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -39,6 +39,11 @@ run: demo
 
 test: $(VENV)/.installed
 	$(PY) -m tests.run_all
+
+# RELIABILITY.md's chaos runs (kill -9, pauses, restarts, the 2,000-socket storm): nightly, or
+# before a release; about 8 minutes on 2 cores. Needs PostgreSQL and Redis.
+chaos: $(VENV)/.installed
+	$(PY) -m tests.run_all --chaos
 
 bench: $(VENV)/.installed
 	$(PY) -m bench
