@@ -41,7 +41,7 @@ test: $(VENV)/.installed
 	$(PY) -m tests.run_all
 
 # RELIABILITY.md's chaos runs (kill -9, pauses, restarts, the 2,000-socket storm): nightly, or
-# before a release; about 8 minutes on 2 cores. Needs PostgreSQL and Redis.
+# before a release; about 6 minutes on 2 cores. Needs PostgreSQL and Redis.
 chaos: $(VENV)/.installed
 	$(PY) -m tests.run_all --chaos
 
