@@ -5,7 +5,8 @@ Every bench/bench_*.py module (sorted), or those named (`intake` or `bench_intak
 needs PostgreSQL or Redis and cannot reach them says so and exits SKIPPED; the run goes on.
 The last lines say, per module, ok / skipped / failed; the exit status is 0 when all ran.
 Redis db 7 (BENCH_REDIS_URL) is emptied before each module.
-A module still running after BENCH_MODULE_TIMEOUT seconds (900; fan-out takes about 8 minutes) is stopped and counted failed.
+A module still running after BENCH_MODULE_TIMEOUT seconds (900; fan-out takes about 8 minutes)
+is stopped and counted failed.
 """
 
 from __future__ import annotations

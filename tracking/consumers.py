@@ -10,7 +10,6 @@ already has PORCHLIGHT_WS_MAX_PER_IP sockets open across all processes (tracking
 from __future__ import annotations
 
 import asyncio
-import functools
 import hmac
 import logging
 import time
