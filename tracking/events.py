@@ -55,6 +55,8 @@ class Event:
     type: str
     occurred_at: datetime
     raw: dict[str, Any]
+    # `raw` as stored: UTF-8 JSON (storable_json).
+    raw_json: bytes = b""
     # The delivery's reference, or "" for driver pings.
     reference: str = ""
     values: dict[str, Any] = field(default_factory=dict)
@@ -184,15 +186,27 @@ def parse_timestamp(value: object) -> datetime | None:
 
 def is_storable(value: object) -> bool:
     """False if any string holds NUL or a lone surrogate, a number is not finite (1e400
-    parses as inf), or it nests deeper than 32: none of them belongs in PostgreSQL's jsonb.
+    parses as inf), or it nests deeper than 32: none of them belongs in PostgreSQL's jsonb."""
+    return storable_json(value) is not None
 
-    One C-speed json.dumps does the string and number checks; only containers are walked."""
+
+def storable_json(value: object) -> bytes | None:
+    """`value` as UTF-8 JSON if `is_storable`, else None. The intake stores these bytes as
+    the event's payload, so each event is serialised once.
+
+    One C-speed json.dumps does the string and number checks; only containers are walked,
+    and only when the text has enough brackets to nest deeper than 32."""
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False)
-        text.encode("utf-8")  # a lone surrogate cannot be encoded
+        data = text.encode("utf-8")  # a lone surrogate cannot be encoded
     except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
-        return False
-    return _ESCAPED_NUL.search(text) is None and _shallow(value, 0)
+        return None
+    if "\\u0000" in text and _ESCAPED_NUL.search(text) is not None:
+        return None
+    # Brackets inside strings count too, which only makes this shortcut more careful.
+    if text.count("{") + text.count("[") > 32 and not _shallow(value, 0):
+        return None
+    return data
 
 
 # "\u0000" in the JSON text is a NUL unless its backslash is itself escaped ("\\u0000").
@@ -226,14 +240,15 @@ def parse_event(raw: object) -> Event:
         reader.fail("type", f"Must be one of {', '.join(EVENT_TYPES)}.")
     occurred_at = reader.timestamp(raw, "occurred_at", "occurred_at")
     data = reader.obj(raw, "data", "data")
-    if not is_storable(raw):
+    raw_json = storable_json(raw)
+    if raw_json is None:
         reader.fail(
             "", "Text must be valid Unicode without NUL characters, numbers finite, nesting at most 32 deep."
         )
     if reader.errors or data is None:
         raise Invalid(reader.errors)
     assert event_id is not None and occurred_at is not None and isinstance(kind, str)
-    event = Event(id=event_id, type=kind, occurred_at=occurred_at, raw=raw)
+    event = Event(id=event_id, type=kind, occurred_at=occurred_at, raw=raw, raw_json=raw_json)
     PARSERS[kind](reader, data, event)
     if reader.errors:
         raise Invalid(reader.errors)

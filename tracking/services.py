@@ -202,7 +202,7 @@ def _claim(batch: _Batch, events: list[Event]) -> list[str]:
             event.type,
             event.occurred_at,
             event.reference,
-            event.raw,
+            sql.JsonText(event.raw_json),
             EventResult.ACCEPTED if event.type == "driver.location" else EventResult.PENDING,
             batch.received_at,
             batch.source,

@@ -13,13 +13,24 @@ from typing import Any
 from django.db import connection, models
 
 
+class JsonText(bytes):
+    """A JSON value already serialised as UTF-8: stored as it is, not serialised again."""
+
+
+def _as_is(data: bytes) -> bytes:
+    return data
+
+
 def _fields(model: type[models.Model], names: Sequence[str]) -> list[models.Field[Any, Any]]:
     return [model._meta.get_field(name) for name in names]  # type: ignore[misc]
 
 
 def _prep(fields: Sequence[models.Field[Any, Any]], rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
     return [
-        [field.get_db_prep_save(value, connection) for field, value in zip(fields, row, strict=True)]
+        [
+            value.decode() if isinstance(value, JsonText) else field.get_db_prep_save(value, connection)
+            for field, value in zip(fields, row, strict=True)
+        ]
         for row in rows
     ]
 
@@ -32,14 +43,18 @@ def _quote(name: str | None) -> str:
 def _unnest(fields: Sequence[models.Field[Any, Any]], rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
     """`unnest(%s::type[], ...)` and its parameters: one list per column.
 
-    Values go to psycopg as they are (aware datetimes, numbers, text; JSON wrapped as Jsonb),
+    Values go to psycopg as they are (aware datetimes, numbers, text; JSON wrapped as Jsonb,
+    JsonText sent as its bytes),
     which skips Django's per-value preparation: the intake only hands over such values."""
     from psycopg.types.json import Jsonb
 
     columns: list[list[Any]] = [list(column) for column in zip(*rows, strict=True)]
     for index, field in enumerate(fields):
         if isinstance(field, models.JSONField):
-            columns[index] = [None if value is None else Jsonb(value) for value in columns[index]]
+            columns[index] = [
+                None if value is None else Jsonb(value, _as_is if isinstance(value, JsonText) else None)
+                for value in columns[index]
+            ]
     casts = ", ".join(f"%b::{field.db_type(connection)}[]" for field in fields)
     return f"unnest({casts})", columns
 

@@ -205,6 +205,16 @@ def test_unicode_text_up_to_the_limit_is_kept_exactly_and_longer_is_rejected(
     assert stored() == value
 
 
+def test_brackets_and_escapes_inside_text_are_kept_exactly_and_do_not_count_as_nesting(post_events):
+    # The depth check only walks the payload when its JSON text holds more than 32 brackets;
+    # brackets inside strings count there, and must not get a shallow event rejected.
+    tricky = '[{"a": [' * 20 + ' \\u0000 \\\\u0000 "quoted" ' + UNICODE
+    item = upserted("ORD-BRACKETS", zone="north", extra={"note": tricky, "deep": [[[[1]]]]})
+    result = one(post_events, item)
+    assert result["result"] == "accepted", result
+    assert InboundEvent.objects.get(event_id=item["id"]).payload == item
+
+
 # --- optional fields and photos that must be accepted ---------------------------------------
 
 
