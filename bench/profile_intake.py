@@ -69,6 +69,7 @@ VARIANTS = {
     "Django's ASGI handler": {"BENCH_VARIANT": "stockhandler"},
     "no live publish": {"BENCH_VARIANT": "nolive"},
     "no notifications": {"BENCH_VARIANT": "nonotify"},
+    "no gc.freeze()": {"BENCH_VARIANT": "nogcfreeze"},
     "no middleware": {"DJANGO_SETTINGS_MODULE": "bench.settings_nomiddleware"},
     "none of the three": {
         "BENCH_VARIANT": "nolive,nonotify",
@@ -78,13 +79,16 @@ VARIANTS = {
 
 
 def variants(seconds: float) -> None:
+    # PROFILE_VARIANTS="product,no group commit" measures only those.
+    wanted = set(filter(None, os.environ.get("PROFILE_VARIANTS", "").split(",")))
+    chosen = {name: extra for name, extra in VARIANTS.items() if not wanted or name in wanted}
     with fresh_database("variants") as db_url, ExitStack() as stack:
         urls = {
             name: stack.enter_context(
                 daphnes(1, env=server_env(database_url=db_url, **extra), app="bench.variants:application",
                         name=f"variant-{n}")
             )
-            for n, (name, extra) in enumerate(VARIANTS.items())
+            for n, (name, extra) in enumerate(chosen.items())
         }  # fmt: skip
         seed(next(iter(urls.values()))[0])
         for server in urls.values():

@@ -3,7 +3,8 @@ to measure what that part costs per request. Never used by the product or by `ma
 
 BENCH_VARIANT, comma-separated: `nolive` (no live publish after commit), `nonotify` (no
 notification rows or tasks), `alone` (no group commit: each request its own transaction),
-`stockhandler` (Django's ASGIHandler instead of config/handler.py's one-thread chain).
+`stockhandler` (Django's ASGIHandler instead of config/handler.py's one-thread chain),
+`nogcfreeze` (the start-up objects left to the garbage collector).
 Middleware off is a settings module: bench.settings_nomiddleware.
 """
 
@@ -39,6 +40,12 @@ if "alone" in VARIANT:
         return tracking.services.events_ingest(raw_events=events)
 
     tracking.services._together.submit = _alone  # type: ignore[method-assign]
+
+if "nogcfreeze" in VARIANT:
+    import gc
+
+    # config/asgi.py froze what it loaded: the collector walks it again, as before.
+    gc.unfreeze()
 
 if "stockhandler" in VARIANT:
     from channels.routing import ProtocolTypeRouter

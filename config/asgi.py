@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -38,6 +39,11 @@ router = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
     }
 )
+
+# Everything loaded so far lives as long as the process: out of the collector's sight, a full
+# collection no longer walks it. Measured: +19% pings in batches, +7-26% single events and
+# plain views (bench/profile_intake.py variants, `gc.freeze()`).
+gc.freeze()
 
 
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
