@@ -17,6 +17,7 @@ import json
 import os
 import sqlite3
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import count
@@ -65,6 +66,8 @@ BATCHES_PER_ROUND = int(60 * SECONDS)
 GOAL_RATIO = 0.7
 GOAL_P99_MS = 50.0
 GOAL_PINGS = 10_000
+# RELIABILITY.md W1: 1,000 identical deliveries over 50 connections, p95 ack under 250 ms.
+STORM, STORM_CONCURRENCY, GOAL_STORM_P95_MS = 1000, 50, 250.0
 
 _ids = count()
 # Every event is newer than the last, so each one is applied (accepted), never stale.
@@ -176,6 +179,22 @@ def rows_per_identical_id(db_url: str, urls: list[str]) -> tuple[list[int], list
     return counts, results
 
 
+def duplicate_storm(urls: list[str]) -> tuple[LoadResult, Counter[str]]:
+    """W1: one status event POSTed 1,000 times over 50 connections; the results it got."""
+    event = single_event(0)  # a delivery.status
+    event["id"] = f"storm-{next(_ids)}"
+    result = load(
+        urls, [event_request(event)] * STORM, concurrency=STORM_CONCURRENCY, client="python", keep_bodies=True
+    )
+    outcomes: Counter[str] = Counter()
+    for body in result.bodies:
+        try:
+            outcomes[json.loads(body)["results"][0]["result"]] += 1
+        except (ValueError, KeyError, IndexError):
+            outcomes["(no result)"] += 1
+    return result, outcomes
+
+
 def postgres_figures() -> list[Row]:
     with fresh_database("intake") as db_url:
         env = server_env(database_url=db_url)
@@ -207,6 +226,16 @@ def postgres_figures() -> list[Row]:
                 for _ in range(ROUNDS)
             ]
             counts, identical = rows_per_identical_id(db_url, urls)
+            storms = [duplicate_storm(urls) for _ in range(ROUNDS)]
+            # The production layout on this machine: one more daphne, one per core, the same
+            # batches per process in flight.
+            with daphnes(1, env=env, name="intake-more") as more:
+                load(urls + more, batches(4), concurrency=2 * BATCH_CONCURRENCY)
+                per_core = [
+                    load(urls + more, batches(BATCHES_PER_ROUND), concurrency=2 * BATCH_CONCURRENCY,
+                         duration=SECONDS)
+                    for _ in range(ROUNDS)
+                ]  # fmt: skip
             server_errors = log_count(r" ERROR ", since=marks)
             publish_failures = log_count(r"live publish", since=marks)
 
@@ -216,8 +245,11 @@ def postgres_figures() -> list[Row]:
     single_p99 = median([r.p(99) for r in single])
     paced_p99 = median([r.p(99) for r in paced])
     pings = median([r.rps * BATCH for r in batch])
+    pings_more = median([r.rps * BATCH for r in per_core])
     batch_sent = sum(r.ok for r in batch) * BATCH
     worst = max(counts)
+    storm_p95 = median([r.p(95) for r, _ in storms])
+    storm_exact = all(o == {"accepted": 1, "duplicate": STORM - 1} for _, o in storms)
     client = "wrk" if wrk_available() else "python asyncio"
     return [
         Row("bare view (GET /bench/hello)", bare_rps, "req/s", detail=describe(bare)),
@@ -233,6 +265,9 @@ def postgres_figures() -> list[Row]:
             paced_p99 < GOAL_P99_MS, f"open loop at half their throughput; {describe(paced)}"),
         Row(f"pings in batches of {BATCH}", pings, "pings/s", f">= {GOAL_PINGS:,}", pings >= GOAL_PINGS,
             f"c={BATCH_CONCURRENCY}; {describe(batch)}"),
+        Row(f"pings in batches of {BATCH}, daphne x{SERVERS + 1}", pings_more, "pings/s",
+            f">= {GOAL_PINGS:,}", pings_more >= GOAL_PINGS,
+            f"one more daphne, c={2 * BATCH_CONCURRENCY}; {describe(per_core)}"),
         Row(f"batch of {BATCH} p50 / p99", median([r.p(50) for r in batch]), "ms",
             detail=f"p99 {median([r.p(99) for r in batch]):.1f} ms"),
         # wrk stops with batches in flight that the server still writes: rows >= answered.
@@ -240,6 +275,11 @@ def postgres_figures() -> list[Row]:
             pings_after - pings_before >= batch_sent, "none lost"),
         Row(f"rows per event id, {IDENTICAL} identical POSTs", worst, "max", "== 1",
             worst == 1 and min(counts) == 1, f"{IDENTICAL_IDS} ids, rows {counts}; {describe(identical)}"),
+        Row(f"W1 storm: {STORM:,} identical, c={STORM_CONCURRENCY}, p95", storm_p95, "ms",
+            f"< {GOAL_STORM_P95_MS:.0f} ms", storm_p95 < GOAL_STORM_P95_MS and storm_exact,
+            f"{median([r.rps for r, _ in storms]):.0f} req/s; 1 accepted + {STORM - 1} duplicate in "
+            f"{sum(1 for _, o in storms if o == {'accepted': 1, 'duplicate': STORM - 1})} of {len(storms)} "
+            f"storms; {describe([r for r, _ in storms])}"),
         Row("ERROR lines in server logs", server_errors, "", "== 0", server_errors == 0,
             f"daphne x{SERVERS}, client {client}"),
         Row("live publish failures logged", publish_failures, "", "== 0", publish_failures == 0,

@@ -314,6 +314,7 @@ class LoadResult:
     latencies: list[float]  # seconds, one per answered or failed request (empty from wrk)
     quantiles: dict[float, float]  # percentile -> seconds (computed, or reported by wrk)
     client: str
+    bodies: list[str] = field(default_factory=list)  # with keep_bodies: each answer's body
 
     @property
     def ok(self) -> int:
@@ -361,12 +362,16 @@ def load(
     duration: float | None = None,
     timeout: float = 30.0,
     client: str = "auto",
+    keep_bodies: bool = False,
 ) -> LoadResult:
     """Send `requests` (each once, in order) over `concurrency` keep-alive connections spread over
     `urls`, from a separate process; stop when they run out or after `duration` seconds.
-    `rate` (req/s, open loop) needs the Python client; "auto" takes wrk for timed runs when installed."""
+    `rate` (req/s, open loop) and `keep_bodies` need the Python client; "auto" takes wrk for timed
+    runs when installed."""
     # wrk always runs for its whole -d, even once the requests ran out: only timed runs use it.
-    use_wrk = client == "wrk" or (client == "auto" and rate is None and bool(duration) and wrk_available())
+    use_wrk = client == "wrk" or (
+        client == "auto" and rate is None and not keep_bodies and bool(duration) and wrk_available()
+    )
     if use_wrk:
         from bench.wrk import load_wrk
 
@@ -378,6 +383,7 @@ def load(
         "rate": rate,
         "duration": duration,
         "timeout": timeout,
+        "keep_bodies": keep_bodies,
     }
     with tempfile.TemporaryDirectory(prefix="porchlight-load-") as folder:
         spec_path, out_path = Path(folder) / "spec.pickle", Path(folder) / "out.json"
@@ -395,6 +401,7 @@ def load(
         latencies=latencies,
         quantiles={q: percentile(latencies, q) for q in (50, 90, 99, 99.9)},
         client="python",
+        bodies=out["bodies"],
     )
 
 

@@ -36,8 +36,8 @@ def encode(method: str, path: str, headers: dict[str, str], body: bytes, host: s
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-async def read_response(reader: asyncio.StreamReader) -> int:
-    """Read one response; return its status code. Raises on a closed or broken connection."""
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Read one response; return its status code and body. Raises on a closed or broken connection."""
     head = await reader.readuntil(b"\r\n\r\n")
     status_line, _, header_block = head.partition(b"\r\n")
     status = int(status_line.split(b" ", 2)[1])
@@ -50,15 +50,16 @@ async def read_response(reader: asyncio.StreamReader) -> int:
             length = int(value.strip())
         elif name == b"transfer-encoding" and b"chunked" in value.lower():
             chunked = True
+    body = b""
     if chunked:
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16)
-            await reader.readexactly(size + 2)
+            body += (await reader.readexactly(size + 2))[:size]
             if size == 0:
                 break
     elif length > 0:
-        await reader.readexactly(length)
-    return status
+        body = await reader.readexactly(length)
+    return status, body
 
 
 class Run:
@@ -69,6 +70,9 @@ class Run:
         self.rate: float | None = spec.get("rate")
         self.duration: float = spec.get("duration") or 3600.0
         self.timeout: float = spec.get("timeout") or 30.0
+        # With keep_bodies, the body of every answer, in the order the answers came.
+        self.keep_bodies: bool = spec.get("keep_bodies", False)
+        self.bodies: list[str] = []
         self.next_index = 0
         self.latencies: list[float] = []
         self.statuses: Counter[int] = Counter()
@@ -114,7 +118,9 @@ class Run:
                     connection = await self.connect(url_index)
                 reader, writer = connection
                 writer.write(self.wire[url_index][index])
-                status = await asyncio.wait_for(read_response(reader), self.timeout)
+                status, body = await asyncio.wait_for(read_response(reader), self.timeout)
+                if self.keep_bodies:
+                    self.bodies.append(body.decode("utf-8", "replace"))
             except (
                 OSError,
                 asyncio.IncompleteReadError,
@@ -149,6 +155,7 @@ class Run:
             "errors": dict(self.errors),
             "elapsed": elapsed,
             "sent": self.next_index,
+            "bodies": self.bodies,
         }
 
 

@@ -41,17 +41,17 @@ def server() -> Iterator[str]:
     httpd.server_close()
 
 
-def _read(raw: bytes) -> int:
-    async def run() -> tuple[int, bytes]:
+def _read(raw: bytes) -> tuple[int, bytes]:
+    async def run() -> tuple[tuple[int, bytes], bytes]:
         reader = asyncio.StreamReader()
         reader.feed_data(raw + b"NEXT")
         reader.feed_eof()
-        status = await read_response(reader)
-        return status, await reader.read()
+        answer = await read_response(reader)
+        return answer, await reader.read()
 
-    status, rest = asyncio.run(run())
+    answer, rest = asyncio.run(run())
     assert rest == b"NEXT", "the answer's body must be consumed exactly"
-    return status
+    return answer
 
 
 def test_percentile_is_the_nearest_rank() -> None:
@@ -63,10 +63,10 @@ def test_percentile_is_the_nearest_rank() -> None:
 
 
 def test_the_client_reads_sized_and_chunked_answers_to_their_end() -> None:
-    assert _read(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello") == 200
+    assert _read(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello") == (200, b"hello")
     chunked = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
-    assert _read(chunked) == 404
-    assert _read(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n\r\n") == 304
+    assert _read(chunked) == (404, b"abcde")
+    assert _read(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 0\r\n\r\n") == (304, b"")
 
 
 def test_load_counts_every_request_and_every_failure(server: str) -> None:
@@ -78,6 +78,13 @@ def test_load_counts_every_request_and_every_failure(server: str) -> None:
     assert result.failed == 10
     assert len(result.latencies) == 50
     assert result.rps > 0
+    assert result.bodies == [], "bodies are kept only when asked for"
+
+
+def test_load_keeps_every_answers_body_when_asked(server: str) -> None:
+    requests = [Request("POST", "/ok")] * 6 + [Request("POST", "/boom")] * 2
+    result = load([server], requests, concurrency=3, client="python", keep_bodies=True)
+    assert sorted(result.bodies) == ["no"] * 2 + ["ok"] * 6
 
 
 def test_a_refused_connection_is_a_failed_row_not_a_crash() -> None:

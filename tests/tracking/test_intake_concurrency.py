@@ -3,12 +3,10 @@ identical POSTs racing, overlapping batches, and events racing their delivery's 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import statistics
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +15,7 @@ import httpx
 import pytest
 from django.conf import settings
 
+from bench.common import Request, load
 from tests.services import daphne
 from tests.tracking.intake_events import eta, next_id, ping, proof, status, upserted
 from tracking import signing
@@ -74,32 +73,22 @@ def test_duplicate_delivery_storm(server):
         assert post(server, upserted(reference, id=f"{reference}-up")).status_code == 200
     assert post(server, status("ORD-W1-control", "out_for_delivery")).status_code == 200
     body, headers = signed(status("ORD-W1", "out_for_delivery", id="evt_w1"))
-    latencies: list[float] = []
-    codes: Counter[int] = Counter()
-    outcomes: Counter[str] = Counter()
-
-    async def storm() -> None:
-        limits = httpx.Limits(max_connections=50, max_keepalive_connections=50)
-        async with httpx.AsyncClient(base_url=server, limits=limits, timeout=60) as client:
-
-            async def worker() -> None:
-                for _ in range(20):
-                    started = time.perf_counter()
-                    response = await client.post("/api/v1/events", content=body, headers=headers)
-                    latencies.append(time.perf_counter() - started)
-                    codes[response.status_code] += 1
-                    if response.status_code == 200:
-                        outcomes[response.json()["results"][0]["result"]] += 1
-
-            await asyncio.gather(*(worker() for _ in range(50)))
-
-    started = time.perf_counter()
-    asyncio.run(storm())
-    elapsed = time.perf_counter() - started
-    p50, p95, p99 = (percentile(latencies, q) * 1000 for q in (50, 95, 99))
-    print(f"\nW1: 1000 requests in {elapsed:.1f} s ({1000 / elapsed:.0f}/s); ack p50 {p50:.0f} ms, "
-          f"p95 {p95:.0f} ms, p99 {p99:.0f} ms; codes {dict(codes)}; results {dict(outcomes)}")  # fmt: skip
-    assert codes == {200: 1000}
+    # The storm comes from the bench's load client in its own process: a plain asyncio client
+    # costs a fraction of httpx per request, so the figure is the server's, not the client's
+    # (httpx in this process took a core of the two and gave 147/s, p95 910 ms).
+    storm = load(
+        [server],
+        [Request("POST", "/api/v1/events", headers, body)] * 1000,
+        concurrency=50,
+        client="python",
+        keep_bodies=True,
+    )
+    p50, p95, p99 = (storm.p(q) for q in (50, 95, 99))
+    outcomes = Counter(json.loads(answer)["results"][0]["result"] for answer in storm.bodies)
+    print(f"\nW1: 1000 requests in {storm.elapsed:.1f} s ({storm.rps:.0f}/s); ack p50 {p50:.0f} ms, "
+          f"p95 {p95:.0f} ms, p99 {p99:.0f} ms; codes {dict(storm.statuses)}; "
+          f"results {dict(outcomes)}")  # fmt: skip
+    assert storm.statuses == {200: 1000} and storm.errors == {}
     assert outcomes == {"accepted": 1, "duplicate": 999}
     assert InboundEvent.objects.filter(event_id="evt_w1").count() == 1
     delivery, control = (Delivery.objects.get(reference=r) for r in ("ORD-W1", "ORD-W1-control"))
@@ -107,10 +96,10 @@ def test_duplicate_delivery_storm(server):
     notifications = (delivery.notifications.count(), control.notifications.count())
     print(f"W1: notification rows storm/control {notifications}")
     assert notifications[0] == notifications[1] >= 1
-    # The plan's target is 250 ms on a quiet machine. In-process a duplicate costs ~5 ms, but
-    # this box is shared (p95 2-3 s measured at load 17 on 2 cores): the bound only catches a
-    # pathology, such as duplicates queueing on a lock; the figure is printed above.
-    assert p95 < 10_000
+    # The plan's target is 250 ms: measured 184-202 ms on a quiet 2-core machine (one daphne,
+    # about 360/s). Machines here are shared and swing 2x, so the bound catches a pathology,
+    # such as duplicates queueing on a lock, and the figure is printed above and in make bench.
+    assert p95 < 1_000
 
 
 def test_concurrent_single_events_share_transactions_and_each_request_gets_its_own_results(server):
