@@ -159,6 +159,7 @@ def _measure(started: float, results: dict[str, Any], size: int) -> dict[str, fl
     times = results["times"]
     return {
         "last_ms": (max(times) - started) * 1000 if times else float("nan"),
+        "first_ms": (min(times) - started) * 1000 if times else float("nan"),
         "lost": size - len(times),
         "connected": results["sockets"],
     }
@@ -340,7 +341,8 @@ def _compare(
         with fleet(targets, needle=f'"lat": {lat}') as wait:
             started = time.time()
             post(ours[0], event_request(ping))
-            return _measure(started, wait(), size)
+            answered = time.time()
+            return {**_measure(started, wait(), size), "ack_ms": (answered - started) * 1000}
 
     def run_bare(size: int) -> dict[str, float]:
         from websockets.sync.client import connect
@@ -447,10 +449,14 @@ def main() -> None:
             for name in NAMES:
                 runs = results[(servers, name, size)]
                 lost = sum(int(r["lost"]) for r in runs)
+                first = median([r["first_ms"] for r in runs])
+                ack = ""
+                if name == "ours":
+                    ack = f"intake answered in {median([r['ack_ms'] for r in runs]):.0f} ms; "
                 where = "1 process" if name == "R1 bare websockets" else f"{servers} daphne"
                 rows.append(
                     Row(f"{size} sockets, {name} ({where})", medians[name], "ms",
-                        detail=f"lost {lost}, {len(runs)} rounds")
+                        detail=f"{ack}first socket {first:.0f} ms; lost {lost}, {len(runs)} rounds")
                 )  # fmt: skip
             ratio = medians["ours"] / medians["R2 stock Channels"]
             lost_ours = sum(int(r["lost"]) for r in results[(servers, "ours", size)])

@@ -21,7 +21,9 @@ three things open that a read-only socket facing the internet needs closed:
    sent as they are.
 4. Fan-out cost. A message for many sockets is framed once (autobahn's `prepareMessage`) and
    written to each socket synchronously, instead of one framing and one awaited send per
-   socket: `scope["extensions"]["porchlight.socket"]` is a `SocketWriter` for that.
+   socket: `scope["extensions"]["porchlight.socket"]` is a `SocketWriter` for that. A socket
+   with nothing queued gets the frame with one `send`, not through Twisted's buffer
+   (`_send_now`).
 
 Under another server (Channels' test communicator, uvicorn) none of this is installed and the
 consumer falls back to plain ASGI sends.
@@ -33,6 +35,8 @@ import contextlib
 import logging
 import socket
 from typing import Any
+
+from twisted.internet import tcp
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +75,42 @@ class SocketWriter:
 
     def write_prepared(self, prepared: Any) -> bool:
         """Write a prepared message to an open socket; False if that made it over capacity."""
-        if not _within_bound(self.protocol, len(prepared.payloadHybi), self.limit):
+        protocol = self.protocol
+        if not _within_bound(protocol, len(prepared.payloadHybi), self.limit):
             return False
-        self.protocol.sendPreparedMessage(prepared)
+        if protocol._perMessageCompress is not None or not _send_now(protocol, prepared.payloadHybi):
+            protocol.sendPreparedMessage(prepared)
         return True
+
+
+def _send_now(protocol: Any, frame: bytes) -> bool:
+    """Give `frame` to the kernel now, as asyncio's own transports do, when nothing is queued
+    before it; False (nothing done) when it must go the usual way, behind what is queued.
+
+    Twisted's `write` only buffers: it registers the socket with the event loop, and the next
+    turn of the loop writes it and unregisters it again. For one frame to hundreds of sockets
+    that costs several times the `send` itself (two epoll changes and a loop callback per
+    socket), and no socket gets its frame before the last one is buffered."""
+    transport = protocol.transport
+    if (
+        not isinstance(transport, tcp.Connection)  # TLS, a test transport: their own write
+        or transport.TLS
+        or not transport.connected
+        or transport.disconnecting
+        or transport._writeDisconnected
+        or protocol.send_queue
+        or unsent_bytes(transport)
+    ):
+        return False
+    try:
+        sent = transport.socket.send(frame)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        return False  # a reset or closed socket: Twisted's write path meets it and closes
+    if sent < len(frame):
+        transport.write(frame[sent:])  # the rest follows as any write would
+    return True
 
 
 def _within_bound(protocol: Any, size: int, limit: int) -> bool:

@@ -90,6 +90,9 @@ def test_viewers_that_never_read_are_closed_as_over_capacity_and_the_others_keep
         stalled = [_stalled_viewer(server, tokens[n % DELIVERIES]) for n in range(SLOW)]
         latencies: list[float] = []
         counts: list[int] = []
+        # Frames written straight to the kernel (config/wsserver.py _send_now) must never
+        # overtake ones still queued in daphne: each viewer sees the positions in order.
+        out_of_order: list[int] = []
 
         async def scenario() -> float:
             sockets = [
@@ -100,12 +103,15 @@ def test_viewers_that_never_read_are_closed_as_over_capacity_and_the_others_keep
             before = server.rss_mb()
 
             async def watch(ws: Any) -> None:
-                got = 0
+                got, last = 0, 0.0
                 async for text in ws:
                     message = json.loads(text)
                     if message.get("type") == "location" and "pad" in message:
                         sent = datetime.fromisoformat(message["recorded_at"]).timestamp()
                         latencies.append(time.time() - sent)
+                        if sent < last:
+                            out_of_order.append(got)
+                        last = sent
                         got += 1
                         if got == RATE * SECONDS:
                             break
@@ -140,6 +146,7 @@ def test_viewers_that_never_read_are_closed_as_over_capacity_and_the_others_keep
     p95 = percentile(latencies, 95)
     print(f"S2: p95 {p95 * 1000:.0f} ms, over capacity {closed}, RSS +{grown:.1f} MB")
     assert counts == [RATE * SECONDS] * healthy  # every position reached every healthy viewer
+    assert out_of_order == []
     assert p95 < 1.0, f"healthy viewers' p95 {p95:.2f} s"
     assert closed == SLOW  # each stalled socket closed once, and only those
     # Without the bound, daphne would hold ~SLOW x RATE x SECONDS x PAD = 16 MB for them.
