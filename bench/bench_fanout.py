@@ -17,6 +17,7 @@ Then, sustained: 500 drivers each pinging once a second (batched every 100 ms in
 one viewer each, for 30 s: ping-to-socket p99 (goal < 250 ms) and pings dropped (goal 0).
 
 Knobs (environment): BENCH_FANOUT_SOCKETS ("1000,5000"), BENCH_FANOUT_SERVERS ("1,2"),
+BENCH_FANOUT_CLIENTS (2 client processes),
 BENCH_ROUNDS (3), BENCH_FANOUT_TIMEOUT (30),
 BENCH_SUSTAINED_DRIVERS (500), BENCH_SUSTAINED_SECONDS (30; 0 skips it).
 Sub-commands used internally: `client <spec> <out>` (the socket fleet) and `bare <port>` (R1).
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,9 @@ MARK = 12.3456  # the latitude of the measured ping: what the client fleet waits
 # (a bare server is one process) and with the issue's figures (R2/R1 = 7.6 at 1,000 sockets);
 # two is the production stack, where R2 spreads its per-socket work over both cores.
 SERVER_COUNTS = [int(n) for n in os.environ.get("BENCH_FANOUT_SERVERS", "1,2").split(",") if n.strip()]
+# Client processes the sockets are spread over: one Python process reads about 25 frames a
+# millisecond, which is R1's whole figure at 1,000 sockets.
+CLIENTS = int(os.environ.get("BENCH_FANOUT_CLIENTS", "2"))
 SUSTAINED_DRIVERS = int(os.environ.get("BENCH_SUSTAINED_DRIVERS", "500"))
 SUSTAINED_SECONDS = float(os.environ.get("BENCH_SUSTAINED_SECONDS", "30"))
 
@@ -120,39 +124,52 @@ async def _sustain(sockets: list[Any], spec: dict[str, Any], out: Path) -> None:
 
 @contextmanager
 def fleet(targets: list[tuple[str, str]], needle: str, *, sustain: float = 0) -> Iterator[Any]:
-    """Open the sockets from another process; yields a function that waits for the results."""
+    """Open the sockets from CLIENTS other processes, each a share of them; yields a function
+    that waits for the results, merged."""
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="porchlight-fanout-") as folder:
-        spec_path, out, ready = Path(folder) / "spec.json", Path(folder) / "out.json", Path(folder) / "ready"
-        spec = {
-            "targets": targets,
-            "needle": needle,
-            "timeout": TIMEOUT,
-            "ready": str(ready),
-            "sustain": sustain,
-        }
-        spec_path.write_text(json.dumps(spec))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.bench_fanout", "client", str(spec_path), str(out)], cwd=ROOT
-        )
-        try:
-            deadline = time.monotonic() + 300
-            while not ready.exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the socket fleet did not connect")
-                time.sleep(0.05)
-            time.sleep(0.5)  # let the servers finish the connect-time messages
+    with tempfile.TemporaryDirectory(prefix="porchlight-fanout-") as folder, ExitStack() as stack:
+        shares = [targets[n::CLIENTS] for n in range(CLIENTS)]
+        runs = []
+        for n, share in enumerate(s for s in shares if s):
+            spec_path, out, ready = (
+                Path(folder) / f"{name}-{n}" for name in ("spec.json", "out.json", "ready")
+            )
+            spec = {
+                "targets": share,
+                "needle": needle,
+                "timeout": TIMEOUT,
+                "ready": str(ready),
+                "sustain": sustain,
+            }
+            spec_path.write_text(json.dumps(spec))
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.bench_fanout", "client", str(spec_path), str(out)], cwd=ROOT
+            )
+            stack.callback(_stop, proc)
+            runs.append((proc, out, ready))
+        deadline = time.monotonic() + 300
+        while not all(ready.exists() for _, _, ready in runs):
+            if any(proc.poll() is not None for proc, _, _ in runs) or time.monotonic() > deadline:
+                raise RuntimeError("the socket fleet did not connect")
+            time.sleep(0.05)
+        time.sleep(0.5)  # let the servers finish the connect-time messages
 
-            def results() -> dict[str, Any]:
+        def results() -> dict[str, Any]:
+            merged: dict[str, Any] = {}
+            for proc, out, _ in runs:
                 proc.wait(timeout=TIMEOUT + sustain + 60)
-                return dict(json.loads(out.read_text()))
+                for key, value in json.loads(out.read_text()).items():
+                    merged[key] = merged.get(key, 0 if isinstance(value, int) else []) + value
+            return merged
 
-            yield results
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        yield results
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def _measure(started: float, results: dict[str, Any], size: int) -> dict[str, float]:
