@@ -247,7 +247,7 @@ def parse_event(raw: object) -> Event:
         )
     if reader.errors or data is None:
         raise Invalid(reader.errors)
-    assert event_id is not None and occurred_at is not None and isinstance(kind, str)
+    assert event_id is not None and occurred_at is not None and isinstance(kind, str) and raw_json is not None
     event = Event(id=event_id, type=kind, occurred_at=occurred_at, raw=raw, raw_json=raw_json)
     PARSERS[kind](reader, data, event)
     if reader.errors:
