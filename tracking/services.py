@@ -34,6 +34,11 @@ DETAIL_FIELDS = (
 PING_COLUMNS = ("driver", "lat", "lon", "heading", "speed_mps", "accuracy_m", "recorded_at", "received_at")
 POSITION_FIELDS = ("lat", "lon", "heading", "speed_mps", "accuracy_m", "position_recorded_at")
 EVENT_COLUMNS = ("event_id", "type", "occurred_at", "reference", "payload", "result", "received_at", "source")
+# What the intake's events change on a delivery: written once per delivery at the end of a batch.
+INTAKE_FIELDS = (
+    *DETAIL_FIELDS, "details_at", "status", "status_reason", "status_at", "driver", "eta",
+    "eta_window_start", "eta_window_end", "stops_before", "eta_at", "updated_at",
+)  # fmt: skip
 
 
 @dataclass
@@ -56,6 +61,8 @@ class _Batch:
     # event_id -> (result, delivery id), written back to the claimed rows at the end
     outcomes: dict[str, tuple[str, int | None]] = field(default_factory=dict)
     claimed: set[str] = field(default_factory=set)
+    # Deliveries the batch changed, written together by _write_deliveries.
+    changed: dict[int, Delivery] = field(default_factory=dict)
 
 
 def tracking_url(delivery: Delivery) -> str:
@@ -286,6 +293,25 @@ def _apply_delivery_events(batch: _Batch, events: list[tuple[int, Event]]) -> No
             to_apply = _merge_pending(batch, reference, [item for item in ordered if item is not creator])
         for position, event in to_apply:
             _record(batch, position, event, _apply_one(batch, delivery, event), delivery)
+    _write_deliveries(batch)
+
+
+def _write_deliveries(batch: _Batch) -> None:
+    """One UPDATE for every delivery the batch changed, instead of one per event.
+
+    Each was read under its row lock at the start of the transaction (_lock_deliveries) or
+    created in it, so nothing else can have changed these fields meanwhile."""
+    if not batch.changed:
+        return
+    now = timezone.now()
+    attnames = [Delivery._meta.get_field(name).attname for name in INTAKE_FIELDS]  # type: ignore[union-attr]
+    rows = []
+    for pk in sorted(batch.changed):
+        delivery = batch.changed[pk]
+        delivery.updated_at = now
+        rows.append((*(getattr(delivery, attname) for attname in attnames), pk))
+    sql.update_rows(Delivery, set_names=INTAKE_FIELDS, key="id", rows=rows)
+    batch.changed.clear()
 
 
 def _record(batch: _Batch, index: int | None, event: Event, result: str, delivery: Delivery) -> None:
@@ -358,7 +384,7 @@ def _apply_upserted(batch: _Batch, delivery: Delivery, event: Event) -> bool:
     for key in DETAIL_FIELDS:
         setattr(delivery, key, event.values[key])
     delivery.details_at = event.occurred_at
-    delivery.save(update_fields=[*DETAIL_FIELDS, "details_at", "updated_at"])
+    batch.changed[delivery.pk] = delivery
     batch.changes.append(Change(delivery=delivery, kind="details", event=event, previous=previous))
     return True
 
@@ -373,7 +399,7 @@ def _apply_status(batch: _Batch, delivery: Delivery, event: Event) -> bool:
     driver_values = event.values["driver"]
     if driver_values and not _is_current_driver(delivery.driver, driver_values):
         delivery.driver = driver_update(**driver_values)
-    delivery.save(update_fields=["status", "status_reason", "status_at", "driver", "updated_at"])
+    batch.changed[delivery.pk] = delivery
     batch.changes.append(Change(delivery=delivery, kind="status", event=event, previous=previous))
     return True
 
@@ -411,9 +437,7 @@ def _apply_eta(batch: _Batch, delivery: Delivery, event: Event) -> bool:
     if event.values["stops_before"] is not None:
         delivery.stops_before = event.values["stops_before"]
     delivery.eta_at = event.occurred_at
-    delivery.save(
-        update_fields=["eta", "eta_window_start", "eta_window_end", "stops_before", "eta_at", "updated_at"]
-    )
+    batch.changed[delivery.pk] = delivery
     batch.changes.append(Change(delivery=delivery, kind="eta", event=event, previous=previous))
     return True
 

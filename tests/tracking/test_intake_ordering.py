@@ -158,3 +158,30 @@ def test_the_contract_examples_apply_to_the_documented_state(post_events, contra
     delivery = Delivery.objects.get(reference="ORD-10023")
     assert (delivery.status, delivery.stops_before, delivery.driver.name) == ("delivered", 6, "Sam Ortiz")
     assert bytes(delivery.proof.photo).startswith(b"\x89PNG")
+
+
+def test_a_batch_writes_each_delivery_it_changed_once_with_every_change(post_events):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    references = ["ORD-W-1", "ORD-W-2", "ORD-W-3"]
+    results_of(post_events({"events": [upserted(r) for r in references]}))
+    before = {d.reference: d.updated_at for d in Delivery.objects.all()}
+    items = [
+        item
+        for r in references
+        for item in (
+            upserted(r, minutes=5, zone="zone-new"),
+            status(r, "out_for_delivery", minutes=6),
+            eta(r, minutes=7, eta_minutes=95, stops_before=2),
+        )
+    ]
+    with CaptureQueriesContext(connection) as queries:
+        assert [r["result"] for r in results_of(post_events({"events": items}))] == ["accepted"] * 9
+    # One statement on PostgreSQL; on SQLite one executemany, logged as "3 times: UPDATE ...".
+    updates = [q["sql"] for q in queries if 'UPDATE "tracking_delivery"' in q["sql"]]
+    assert len(updates) == 1, updates
+    for delivery in Delivery.objects.filter(reference__in=references):
+        changed = (delivery.zone_code, delivery.status, delivery.stops_before)
+        assert changed == ("zone-new", "out_for_delivery", 2)
+        assert delivery.eta is not None and delivery.updated_at > before[delivery.reference]
