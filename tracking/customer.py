@@ -93,16 +93,22 @@ def _aware(value: Any) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed and parsed.tzinfo is None else parsed
 
 
+def _row_for_token(query: str, token: object) -> tuple[Any, ...] | None:
+    """The one row `query` finds for a token of the right shape (its only parameter), or None."""
+    if not isinstance(token, str) or not TOKEN_SHAPE.fullmatch(token):
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(query, [token])
+        row = cursor.fetchone()
+    return tuple(row) if row is not None else None
+
+
 def page_version(*, token: str) -> PageVersion | None:
     """The version of the page behind a usable token, or None (same cases as delivery_for_token).
 
     The hot path of the page: a revisit (304) or a page already rendered costs only this.
     """
-    if not isinstance(token, str) or not TOKEN_SHAPE.fullmatch(token):
-        return None
-    with connection.cursor() as cursor:
-        cursor.execute(_version_sql(), [token])
-        row = cursor.fetchone()
+    row = _row_for_token(_version_sql(), token)
     if row is None:
         return None
     pk, updated_at, status, status_at, revoked_at, locale, driver_at, proof_at = row
@@ -155,11 +161,7 @@ def socket_delivery(*, token: str) -> Delivery | None:
     fleet reconnecting at once after a restart waits on exactly that. Fields other than these
     are deferred: reading one costs a query, as with .only().
     """
-    if not isinstance(token, str) or not TOKEN_SHAPE.fullmatch(token):
-        return None
-    with connection.cursor() as cursor:
-        cursor.execute(_socket_sql(), [token])
-        row = cursor.fetchone()
+    row = _row_for_token(_socket_sql(), token)
     if row is None:
         return None
     delivery_fields, driver_fields = _socket_fields()

@@ -311,7 +311,6 @@ def _write_deliveries(batch: _Batch) -> None:
         delivery.updated_at = now
         rows.append((*(getattr(delivery, attname) for attname in attnames), pk))
     sql.update_rows(Delivery, set_names=INTAKE_FIELDS, key="id", rows=rows)
-    batch.changed.clear()
 
 
 def _record(batch: _Batch, index: int | None, event: Event, result: str, delivery: Delivery) -> None:
