@@ -66,6 +66,7 @@ MARKERS = {
 VARIANTS = {
     "product": {},
     "no group commit": {"BENCH_VARIANT": "alone"},
+    "intake through Django": {"BENCH_VARIANT": "djangointake"},
     "Django's ASGI handler": {"BENCH_VARIANT": "stockhandler"},
     "no live publish": {"BENCH_VARIANT": "nolive"},
     "no notifications": {"BENCH_VARIANT": "nonotify"},
@@ -136,7 +137,7 @@ def main() -> None:
     out = LOGS / f"profile-{kind}.txt"
     with (
         fresh_database("profile") as db_url,
-        daphnes(1, env=server_env(database_url=db_url), name="profile") as urls,
+        daphnes(1, env=server_env(database_url=db_url, **_variant()), app=_app(), name="profile") as urls,
     ):
         seed(urls[0])
         pid = _daphne_pid(urls[0])
@@ -159,6 +160,16 @@ def main() -> None:
     print(f"{kind}: {result.rps:.0f} {unit}/s, p50 {result.p(50):.1f} ms, p99 {result.p(99):.1f} ms, "
           f"failed {result.failed}")  # fmt: skip
     summarise(out)
+
+
+def _variant() -> dict[str, str]:
+    # BENCH_VARIANT=... profiles that variant of bench/variants.py instead of the product.
+    variant = os.environ.get("BENCH_VARIANT")
+    return {"BENCH_VARIANT": variant} if variant else {}
+
+
+def _app() -> str:
+    return "bench.variants:application" if os.environ.get("BENCH_VARIANT") else "config.asgi:application"
 
 
 def _daphne_pid(url: str) -> int:

@@ -4,7 +4,8 @@ to measure what that part costs per request. Never used by the product or by `ma
 BENCH_VARIANT, comma-separated: `nolive` (no live publish after commit), `nonotify` (no
 notification rows or tasks), `alone` (no group commit: each request its own transaction),
 `stockhandler` (Django's ASGIHandler instead of config/handler.py's one-thread chain),
-`nogcfreeze` (the start-up objects left to the garbage collector).
+`nogcfreeze` (the start-up objects left to the garbage collector), `djangointake` (the intake
+through Django's request cycle and middleware instead of tracking/intake_asgi.py).
 Middleware off is a settings module: bench.settings_nomiddleware.
 """
 
@@ -56,6 +57,19 @@ if "stockhandler" in VARIANT:
     # Django's own handler: each middleware in async mode where it can be (config/handler.py).
     config.asgi.router = ProtocolTypeRouter(
         {"http": ASGIHandler(), "websocket": config.asgi.router.application_mapping["websocket"]}
+    )
+
+if "djangointake" in VARIANT:
+    from channels.routing import ProtocolTypeRouter
+
+    import config.asgi
+
+    # The intake through Django's request cycle, as before tracking/intake_asgi.py.
+    config.asgi.router = ProtocolTypeRouter(
+        {
+            "http": config.asgi.django_asgi_app,
+            "websocket": config.asgi.router.application_mapping["websocket"],
+        }
     )
 
 __all__ = ["application"]

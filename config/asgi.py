@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP through Django, websockets through Channels, origin-checked."""
+"""ASGI entry point: HTTP through Django (the intake beside it, tracking/intake_asgi.py),
+websockets through Channels, origin-checked."""
 
 from __future__ import annotations
 
@@ -32,10 +33,12 @@ wsserver.install(
 )
 
 from tracking import live  # noqa: E402
+from tracking.intake_asgi import IntakeApp  # noqa: E402
 
 router = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # The intake's POSTs are answered on the loop; everything else by Django.
+        "http": IntakeApp(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
     }
 )

@@ -42,12 +42,19 @@ def client_ip(request: HttpRequest) -> str:
     never believed (a spoofed header cannot reset or dodge a limit). A request that arrived
     with fewer entries (not through every proxy) counts as REMOTE_ADDR.
     """
-    remote = request.META.get("REMOTE_ADDR", "") or ""
+    return client_ip_of(
+        remote=request.META.get("REMOTE_ADDR", "") or "",
+        forwarded=request.META.get("HTTP_X_FORWARDED_FOR", ""),
+    )
+
+
+def client_ip_of(*, remote: str, forwarded: str) -> str:
+    """client_ip() from REMOTE_ADDR and X-Forwarded-For themselves."""
     proxies = settings.PORCHLIGHT_TRUSTED_PROXIES
     if proxies > 0:
-        forwarded = [part for part in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")[-64:]]
-        if len(forwarded) >= proxies and forwarded != [""]:
-            found = _valid_ip(forwarded[-proxies])
+        hops = forwarded.split(",")[-64:]
+        if len(hops) >= proxies and hops != [""]:
+            found = _valid_ip(hops[-proxies])
             if found is not None:
                 return found
     return _valid_ip(remote) or remote[:64]
@@ -270,10 +277,17 @@ class DatabaseUnavailableMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if not isinstance(exception, OperationalError | InterfaceError):
             return None
-        logger.error("database unavailable: %s", type(exception).__name__)
-        response = JsonResponse(
-            {"error": "service_unavailable", "detail": "The database cannot be reached; try again shortly."},
-            status=503,
-        )
+        database_unavailable_logged(exception)
+        response = JsonResponse(DATABASE_UNAVAILABLE, status=503)
         response["Retry-After"] = "10"
         return response
+
+
+DATABASE_UNAVAILABLE = {
+    "error": "service_unavailable",
+    "detail": "The database cannot be reached; try again shortly.",
+}
+
+
+def database_unavailable_logged(exception: Exception) -> None:
+    logger.error("database unavailable: %s", type(exception).__name__)

@@ -25,12 +25,15 @@ so one request's failure is only ever its own answer and nothing it did not comm
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.db import connection
 
 logger = logging.getLogger(__name__)
@@ -46,6 +49,13 @@ class _Request:
     results: Results | None = None
     # What a group of this request alone raised: raised again in the request's thread.
     error: Exception | None = None
+    # For a caller on an event loop: called from the committer once results or error are set.
+    on_done: Callable[[], None] | None = None
+
+    def finish(self) -> None:
+        self.done.set()
+        if self.on_done is not None:
+            self.on_done()
 
 
 class GroupCommit:
@@ -74,6 +84,48 @@ class GroupCommit:
             # Inside a caller's transaction, the events must be part of it, not of a group's.
             return self._apply(events)
         request = _Request(events)
+        self._enqueue(request)
+        request.done.wait()
+        if request.error is not None:
+            raise request.error
+        if request.results is None:  # a shared group failed: alone now, raising our own error
+            return self._apply(events)
+        return request.results
+
+    async def submit_async(self, events: list[Any]) -> Results:
+        """`submit` for a caller on an event loop: the loop goes on serving while the events
+        are committed. What must run alone (a big batch, a group's failure) runs in a worker
+        thread, never on the loop."""
+        alone = sync_to_async(self._apply_alone, thread_sensitive=False)
+        if len(events) > self._max_alone:
+            return await alone(events)
+        loop = asyncio.get_running_loop()
+        committed = loop.create_future()
+
+        def wake() -> None:
+            if not committed.done():  # the caller may have gone (cancelled)
+                committed.set_result(None)
+
+        def on_done() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits
+                loop.call_soon_threadsafe(wake)
+
+        request = _Request(events, on_done=on_done)
+        self._enqueue(request)
+        await committed
+        if request.error is not None:
+            raise request.error
+        if request.results is None:
+            return await alone(events)
+        return request.results
+
+    def _apply_alone(self, events: list[Any]) -> Results:
+        try:
+            return self._apply(events)
+        finally:
+            connection.close()  # a worker thread's connection goes back, as the committer's does
+
+    def _enqueue(self, request: _Request) -> None:
         with self._lock:
             self._queue.append(request)
             if self._committer is None or not self._committer.is_alive():
@@ -82,12 +134,6 @@ class GroupCommit:
                 )
                 self._committer.start()
             self._queued.notify()
-        request.done.wait()
-        if request.error is not None:
-            raise request.error
-        if request.results is None:  # a shared group failed: alone now, raising our own error
-            return self._apply(events)
-        return request.results
 
     def _commit_forever(self) -> None:
         while True:
@@ -99,7 +145,7 @@ class GroupCommit:
                 self._commit(group)
             finally:
                 for request in group:
-                    request.done.set()
+                    request.finish()
 
     def _take_group(self) -> list[_Request]:
         group: list[_Request] = []

@@ -108,6 +108,11 @@ def events_ingest_together(*, raw_events: list[Any]) -> list[dict[str, Any]]:
     return _together.submit(raw_events)
 
 
+async def events_ingest_together_async(*, raw_events: list[Any]) -> list[dict[str, Any]]:
+    """`events_ingest_together` for a caller on the event loop (tracking/intake_asgi.py)."""
+    return await _together.submit_async(raw_events)
+
+
 _together = GroupCommit(lambda events: events_ingest(raw_events=events))
 
 
