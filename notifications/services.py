@@ -94,8 +94,10 @@ def notifications_queue(*, firings: Iterable[tuple[Delivery, rules.Firing]]) -> 
     """One row per firing on the customer's channel; a key already written is left alone."""
     now = timezone.now()
     rows: dict[str, Notification] = {}
+    firings = list(firings)
+    opted_out = opted_out_among(deliveries=[delivery for delivery, _ in firings])
     for delivery, firing in firings:
-        route = channel_for(delivery)
+        route = channel_for(delivery, opted_out=opted_out)
         if route is None:
             logger.info("no channel for %s of delivery %s", firing.kind, delivery.pk)
             continue
@@ -166,19 +168,44 @@ def _quiet_until(kind: str, channel: str, delivery: Delivery, at: datetime) -> d
     return rules.quiet_until(at=at, tz_name=delivery.timezone)
 
 
-def channel_for(delivery: Delivery, *, exclude: str = "") -> tuple[str, str] | None:
-    """SMS where there is a number the customer lets us text, else email, else nothing."""
+def channel_for(
+    delivery: Delivery, *, exclude: str = "", opted_out: set[tuple[str, str]] | None = None
+) -> tuple[str, str] | None:
+    """SMS where there is a number the customer lets us text, else email, else nothing.
+    `opted_out`: the (channel, address) pairs opted out among these deliveries' addresses
+    (opted_out_among), read once for many; without it, each address is looked up."""
+
+    def allowed(channel: str, address: str) -> bool:
+        if opted_out is not None:
+            return (str(channel), address) not in opted_out  # a Channel member hashes by name
+        return not is_opted_out(channel=channel, address=address)
+
     # Through the relation, so render.language_for reuses the same (cached) row.
     preference = getattr(delivery, "notification_preference", None)
     phone = phone_normalize(delivery.phone)
     sms_wanted = exclude != Channel.SMS and (preference is None or preference.sms)
-    if sms_wanted and phone and not is_opted_out(channel=Channel.SMS, address=phone):
+    if sms_wanted and phone and allowed(Channel.SMS, phone):
         return (Channel.SMS, phone)
     email = email_normalize(delivery.email)
     email_wanted = exclude != Channel.EMAIL and (preference is None or preference.email)
-    if email_wanted and email and not is_opted_out(channel=Channel.EMAIL, address=email):
+    if email_wanted and email and allowed(Channel.EMAIL, email):
         return (Channel.EMAIL, email)
     return None
+
+
+def opted_out_among(*, deliveries: Iterable[Delivery]) -> set[tuple[str, str]]:
+    """The (channel, address) pairs of these deliveries' phones and emails that opted out: one
+    query for a whole batch, instead of one for each message."""
+    addresses = set()
+    for delivery in deliveries:
+        if phone := phone_normalize(delivery.phone):
+            addresses.add((str(Channel.SMS), phone))
+        if email := email_normalize(delivery.email):
+            addresses.add((str(Channel.EMAIL), email))
+    if not addresses:
+        return set()
+    found = Consent.objects.filter(opted_out=True, address__in={address for _, address in addresses})
+    return set(found.values_list("channel", "address")) & addresses
 
 
 # --- sending -------------------------------------------------------------------------------

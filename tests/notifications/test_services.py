@@ -13,6 +13,7 @@ import pytest
 import time_machine
 from django.conf import settings as django_settings
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from notifications import rules, services
@@ -148,6 +149,23 @@ def test_consent_is_checked_again_at_send_time():
     assert (row.status, row.last_error) == ("skipped", "opted out")
     assert locmem.outbox == []
     assert row.fallback.channel == "email"
+
+
+def test_messages_queued_together_skip_opted_out_addresses_with_one_consent_query():
+    stopped = make_delivery(phone="+19565550111", email="stopped@example.com")
+    texted = make_delivery(phone="+19565550122", email="texted@example.com")
+    no_email = make_delivery(phone="+19565550133", email="gone@example.com")
+    services.consent_set(channel="sms", address="+19565550111", opted_out=True, reason="keyword STOP")
+    services.consent_set(channel="sms", address="+19565550133", opted_out=True, reason="keyword STOP")
+    services.consent_set(channel="email", address="gone@example.com", opted_out=True, reason="unsubscribed")
+    services.consent_set(channel="sms", address="+19565550122", opted_out=False, reason="keyword START")
+    firings = [(d, rules.Firing("delivered", f"{d.pk}:delivered:t", {})) for d in (stopped, texted, no_email)]
+    with CaptureQueriesContext(connection) as queries, transaction.atomic():
+        services.notifications_queue(firings=firings)
+    routes = {row.delivery_id: (row.channel, row.recipient) for row in Notification.objects.all()}
+    assert routes == {stopped.pk: ("email", "stopped@example.com"), texted.pk: ("sms", "+19565550122")}
+    consent_reads = [q["sql"] for q in queries.captured_queries if Consent._meta.db_table in q["sql"]]
+    assert len(consent_reads) == 1, consent_reads
 
 
 def test_a_channel_the_customer_turned_off_is_not_used():
