@@ -84,6 +84,8 @@ class IntakeApp:
             status, document, extra = await _answer(headers, receive)
             await _respond(send, scope, headers, status, document, [*extra, (REQUEST_ID_HEADER, request_id)])
             access_log.info("request_finished", code=status, request=f"POST {PATH}")
+        except ClientGone:
+            pass  # left before its body was in: nothing was applied, nobody to answer
         finally:
             structlog.contextvars.clear_contextvars()
 
@@ -120,6 +122,10 @@ async def _ingest(body: bytes, signature: str | None) -> tuple[int, Any, list[tu
     return 200, {"results": await events_ingest_together_async(raw_events=events)}, []
 
 
+class ClientGone(Exception):
+    """The client disconnected before the whole body arrived."""
+
+
 async def _read_body(receive: Any) -> bytes | None:
     """The whole body, or None once it grows past MAX_BODY (the rest is not read)."""
     chunks: list[bytes] = []
@@ -127,7 +133,7 @@ async def _read_body(receive: Any) -> bytes | None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY:

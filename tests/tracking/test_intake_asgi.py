@@ -52,6 +52,23 @@ def signed_headers(body: bytes, **extra: str) -> dict[str, str]:
     }
 
 
+def _scope(headers: dict[str, str], *, method: str = "POST", scheme: str = "http") -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": scheme,
+        "path": PATH,
+        "raw_path": PATH.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(name.lower().encode(), value.encode("latin-1")) for name, value in headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
 def call(
     body: bytes,
     headers: dict[str, str] | None = None,
@@ -67,20 +84,7 @@ def call(
     sent.setdefault("host", "localhost")
     if length:
         sent.setdefault("content-length", str(len(body)))
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": scheme,
-        "path": PATH,
-        "raw_path": PATH.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(name.lower().encode(), value.encode("latin-1")) for name, value in sent.items()],
-        "client": ("127.0.0.1", 50000),
-        "server": ("127.0.0.1", 8000),
-    }
+    scope = _scope(sent, method=method, scheme=scheme)
 
     async def run() -> Answer:
         communicator = ApplicationCommunicator(app, scope)
@@ -220,6 +224,25 @@ def test_a_body_over_1_mib_without_a_length_is_refused_with_413_and_nothing_is_k
     assert answer.status == 413
     assert answer.json()["error"] == "payload_too_large"
     assert not InboundEvent.objects.exists()
+
+
+def test_a_client_gone_before_its_whole_body_arrived_gets_nothing_applied_and_no_answer():
+    body = json.dumps(ping("drv-gone")).encode()
+
+    async def run() -> list[Any]:
+        communicator = ApplicationCommunicator(application, _scope(signed_headers(body, host="localhost")))
+        await communicator.send_input({"type": "http.request", "body": body[:10], "more_body": True})
+        await communicator.send_input({"type": "http.disconnect"})
+        await communicator.wait(20)
+        return [message async for message in _drain(communicator)]
+
+    assert async_to_sync(run)() == []
+    assert not InboundEvent.objects.exists()
+
+
+async def _drain(communicator: ApplicationCommunicator) -> Any:
+    while not communicator.output_queue.empty():
+        yield await communicator.receive_output()
 
 
 def test_a_big_batch_is_checked_and_applied_off_the_loop_and_every_event_kept():
