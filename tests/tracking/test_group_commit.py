@@ -3,6 +3,7 @@ each gets exactly its own results, and one request's failure stays its own."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -184,3 +185,48 @@ def test_inside_a_transaction_the_events_are_applied_in_it_not_in_a_group() -> N
     assert group.queued == 0
     apply.release.set()
     leader.join(10)
+
+
+def test_callers_on_an_event_loop_share_a_group_and_a_failed_group_is_applied_again_off_the_loop() -> None:
+    loop_threads: set[int] = set()
+    applied_on: list[int] = []
+
+    class Where(Recorder):
+        def __call__(self, events: list[Any]) -> list[dict[str, Any]]:
+            applied_on.append(threading.get_ident())
+            return super().__call__(events)
+
+    apply = Where(hold_first=True, fail_on="poison")
+    group = GroupCommit(apply)
+    leader = threading.Thread(target=group.submit, args=(["lead"],))
+    leader.start()
+    assert apply.started.wait(10)
+
+    def release_once_queued() -> None:
+        wait_for(lambda: group.queued == 3, timeout=10, what="the loop's callers to queue")
+        apply.release.set()
+
+    async def callers() -> list[Any]:
+        loop_threads.add(threading.get_ident())
+
+        async def one(events: list[Any]) -> Any:
+            try:
+                return await group.submit_async(events)
+            except Exception as error:
+                return error
+
+        return await asyncio.gather(one(["good-1"]), one(["poison"]), one(["good-2", "good-3"]))
+
+    releaser = threading.Thread(target=release_once_queued)
+    releaser.start()
+    outcomes = asyncio.run(callers())
+    releaser.join(10)
+    leader.join(10)
+
+    assert [r["id"] for r in outcomes[0]] == ["good-1"]
+    assert isinstance(outcomes[1], RuntimeError)
+    assert [r["id"] for r in outcomes[2]] == ["good-2", "good-3"]
+    # One shared group for the three, then each on its own; none of it on the loop's thread.
+    assert sorted(apply.groups[1]) == ["good-1", "good-2", "good-3", "poison"]
+    assert sorted(map(tuple, apply.groups[2:])) == [("good-1",), ("good-2", "good-3"), ("poison",)]
+    assert not loop_threads & set(applied_on)
