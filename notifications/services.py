@@ -177,7 +177,7 @@ def channel_for(
 
     def allowed(channel: str, address: str) -> bool:
         if opted_out is not None:
-            return (str(channel), address) not in opted_out  # a Channel member hashes by name
+            return (channel, address) not in opted_out
         return not is_opted_out(channel=channel, address=address)
 
     # Through the relation, so render.language_for reuses the same (cached) row.
@@ -199,9 +199,9 @@ def opted_out_among(*, deliveries: Iterable[Delivery]) -> set[tuple[str, str]]:
     addresses = set()
     for delivery in deliveries:
         if phone := phone_normalize(delivery.phone):
-            addresses.add((str(Channel.SMS), phone))
+            addresses.add((Channel.SMS, phone))
         if email := email_normalize(delivery.email):
-            addresses.add((str(Channel.EMAIL), email))
+            addresses.add((Channel.EMAIL, email))
     if not addresses:
         return set()
     found = Consent.objects.filter(opted_out=True, address__in={address for _, address in addresses})
