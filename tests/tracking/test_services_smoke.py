@@ -23,3 +23,21 @@ def test_two_daphne_processes_share_one_idempotency_record(contract_examples):
         second = httpx.post(f"{two}/api/v1/events", content=body, headers=headers)
     assert first.json()["results"][0]["result"] == "accepted"
     assert second.json()["results"][0]["result"] == "duplicate"
+
+
+def test_daphne_hands_a_form_post_to_the_application_unparsed():
+    # Twisted parses the body of a form POST itself (into request.args, which daphne never
+    # reads) and answers a broken multipart body with its own bare 400; config/wsserver.py
+    # turns that off, so the intake says what is wrong, as it does for any other type.
+    headers = {"Content-Type": "multipart/form-data"}  # no boundary: not a multipart at all
+    with daphne() as url:
+        broken = httpx.post(f"{url}/api/v1/events", content=b"--x\r\nnot a part", headers=headers)
+        form = httpx.post(
+            f"{url}/api/v1/events",
+            content=b"a=1&b=2",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+    for response in (broken, form):
+        assert response.status_code == 415
+        assert response.json()["error"] == "unsupported_media_type"
+        assert response.headers["X-Request-ID"]
