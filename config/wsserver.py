@@ -2,12 +2,13 @@
 one change to its HTTP requests, 5.).
 
 Installed by config/asgi.py, so every `daphne config.asgi:application` has them. Daphne leaves
-three things open that a read-only socket facing the internet needs closed:
+open what a read-only socket facing the internet needs closed:
 
 1. Inbound size. Daphne sets neither of autobahn's `maxFramePayloadSize` and
    `maxMessagePayloadSize` (0: unlimited), so a 1 MiB frame is buffered whole before the
    application sees it. Here both are `PORCHLIGHT_WS_MAX_MESSAGE_BYTES` (64 KiB): a larger frame
-   fails the connection with 1009 as soon as its header arrives, before its payload is read.
+   fails the connection with 1009 as soon as its header arrives, before its payload is read;
+   what the client still sends is dropped unread (`_discard_the_rest`).
 2. Outbound buffering. Daphne writes every message into Twisted's transport, whose buffer has
    no bound: a viewer that stops reading its socket (a frozen tab, a dead phone behind a NAT)
    makes the server hold everything sent to it, until the ping timeout (20 + 30 s) at best.
@@ -57,6 +58,8 @@ over_capacity = 0
 # RFC 6455 section 7.4.1 codes an endpoint may send (autobahn only lets applications send 1000).
 RFC_CLOSE_CODES = frozenset({1001, 1003, 1007, 1008, 1009, 1010, 1011})
 _installed = False
+# How long the rest of a frame refused as too big is read and dropped before the socket is reset.
+DISCARD_SECONDS = 10.0
 
 
 def unsent_bytes(transport: Any) -> int:
@@ -124,6 +127,35 @@ def _send_now(protocol: Any, frame: bytes) -> bool:
     return True
 
 
+def _discard_the_rest(protocol: Any) -> None:
+    """After the close frame for a frame too big: drop what the peer still sends, unread.
+
+    Autobahn would read the rest of the frame, unmasking it byte by byte (1 MiB for nothing), and
+    wait only its close handshake timeout (1 s) for the peer's close reply, which comes after
+    that frame; then it aborts, and a reset can reach the peer before it has read the close
+    frame (it sees 1006, not 1009). Here the server says it has no more to send (FIN after the
+    close frame) and drops the rest unparsed, until the peer closes its side too, or until
+    DISCARD_SECONDS have passed."""
+    transport = protocol.transport
+    if protocol.state != protocol.STATE_CLOSING or not isinstance(transport, tcp.Connection):
+        return  # a TLS or test transport: autobahn's own ending
+    if protocol.closeHandshakeTimeoutCall is not None:
+        protocol.closeHandshakeTimeoutCall.cancel()
+        protocol.closeHandshakeTimeoutCall = None
+    protocol.dataReceived = _ignore
+    transport.loseWriteConnection()
+    transport.reactor.callLater(DISCARD_SECONDS, _abort_if_open, transport)
+
+
+def _ignore(data: bytes) -> None:
+    pass
+
+
+def _abort_if_open(transport: Any) -> None:
+    if transport.connected:
+        transport.abortConnection()
+
+
 def _within_bound(protocol: Any, size: int, limit: int) -> bool:
     if getattr(protocol, "over_capacity", False):
         return False  # aborted, its disconnect not yet delivered
@@ -181,6 +213,10 @@ def install(*, max_message_bytes: int, send_buffer_bytes: int) -> None:
             return
         server_send(self, content, binary)
 
+    def too_big(self: Any, size: int, limit: int, reason: str) -> None:
+        too_big_fail(self, size, limit, reason)
+        _discard_the_rest(self)
+
     def rfc_server_close(self: Any, code: int | None = None) -> None:
         if code in RFC_CLOSE_CODES:
             self.sendCloseFrame(code=code, isReply=False)  # sendClose without its code policy
@@ -195,6 +231,8 @@ def install(*, max_message_bytes: int, send_buffer_bytes: int) -> None:
             scope.setdefault("extensions", {})[EXTENSION] = SocketWriter(protocol, send_buffer_bytes)
         return create_application(self, protocol, scope)
 
+    too_big_fail = WebSocketProtocol._max_message_size_exceeded
+    WebSocketProtocol._max_message_size_exceeded = too_big  # type: ignore[method-assign]
     WebSocketProtocol.onConnect = limited_on_connect  # type: ignore[method-assign]
     WebSocketProtocol.serverSend = bounded_server_send  # type: ignore[method-assign]
     WebSocketProtocol.serverClose = rfc_server_close  # type: ignore[method-assign]

@@ -7,8 +7,10 @@ limits that only the server can hold (config/wsserver.py) and the cross-process 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
+import socket
 import struct
 import time
 from contextlib import ExitStack
@@ -82,6 +84,57 @@ def test_a_frame_announcing_more_than_64_kib_is_refused_before_its_payload_arriv
             assert socket.close_code == 1009
         with connect(f"{server.ws}/ws/t/{token}/", origin=server.url) as again:  # type: ignore[arg-type]
             assert again.recv(timeout=5)  # the server lives on
+
+
+def _raw_socket(server: Server, token: str) -> socket.socket:
+    """A websocket opened by hand on a plain TCP socket, its first message (the snapshot) read."""
+    host, port = server.url.removeprefix("http://").split(":")
+    raw = socket.create_connection((host, int(port)), timeout=5)
+    raw.sendall(
+        f"GET /ws/t/{token}/ HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+        f"Sec-WebSocket-Version: 13\r\nOrigin: {server.url}\r\n\r\n".encode()
+    )
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += raw.recv(65536)
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    while len(rest) < _frame_length(rest):
+        rest += raw.recv(65536)
+    return raw
+
+
+def _frame_length(data: bytes) -> int:
+    """The length of the unmasked server frame at the start of data, as far as it can be told."""
+    if len(data) < 2:
+        return 2
+    length = data[1] & 0x7F
+    if length < 126:
+        return 2 + length
+    if length == 126:
+        return 4 + struct.unpack("!H", data[2:4])[0] if len(data) >= 4 else 4
+    return 10 + struct.unpack("!Q", data[2:10])[0] if len(data) >= 10 else 10
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+def test_a_client_still_sending_its_refused_frame_gets_the_close_frame_and_no_reset() -> None:
+    with daphne_server(CHANNEL_LAYER_PREFIX=SESSION_PREFIX) as server:
+        (token,) = seed_live(server.url, "ORD-WSL-SLOW", 1, driver="drv_wsl_slow")
+        raw = _raw_socket(server, token)
+        raw.sendall(_frame_header(1024 * 1024))
+        # A slow client: its refused frame is still coming in after autobahn's 1 s close
+        # handshake timeout, which used to reset the connection.
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            raw.sendall(b"x" * 4096)
+            time.sleep(0.05)
+        received = b""
+        while chunk := raw.recv(65536):  # a reset raises here
+            received += chunk
+        raw.close()
+    assert received[:4] == bytes([0x88, len(received) - 2]) + struct.pack("!H", 1009)
 
 
 async def _abuse(server: Server, tokens: list[str], kind: str, number: int) -> tuple[str, Any]:
