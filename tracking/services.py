@@ -374,14 +374,14 @@ def _locked(references: list[str]) -> list[Delivery]:
     with connection.cursor() as cursor:
         cursor.execute(_locked_sql(len(references)), references)
         rows = cursor.fetchall()
+    delivery_end, driver_end = columns.ends
+    driver_pk, preference_pk = columns.pks
     deliveries = []
     for row in rows:
         values = list(row)
         for index, converters in columns.converters:
             for convert, expression in converters:
                 values[index] = convert(values[index], expression, connection)
-        delivery_end, driver_end = columns.ends
-        driver_pk, preference_pk = columns.pks
         delivery = Delivery.from_db(connection.alias, columns.attnames[0], values[:delivery_end])
         driver = None
         if values[driver_pk] is not None:
